@@ -1,0 +1,67 @@
+"""Logging: JSON lines when not on a terminal, with the request's ``log_id`` on each line.
+
+The api sets the log id per request; the worker sets it from the upload row for
+the duration of a job, so ``grep <log_id>`` over api and worker logs shows one
+sound's whole journey.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from pythonjsonlogger.json import JsonFormatter
+
+current_log_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "log_id", default=None)
+current_upload_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "upload_id", default=None)
+
+
+class ContextFilter(logging.Filter):
+    """Copies the context's ids onto every record."""
+
+    def __init__(self, process_name: str) -> None:
+        super().__init__()
+        self.process_name = process_name
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.log_id = current_log_id.get()
+        record.upload_id = current_upload_id.get()
+        record.soundkit_process = self.process_name
+        return True
+
+
+@contextmanager
+def log_context(log_id: str | None, upload_id: str | None = None) -> Iterator[None]:
+    log_token = current_log_id.set(log_id)
+    upload_token = current_upload_id.set(upload_id)
+    try:
+        yield
+    finally:
+        current_log_id.reset(log_token)
+        current_upload_id.reset(upload_token)
+
+
+def configure_logging(process_name: str, level: str = "INFO") -> None:
+    """Install one handler on the root logger (idempotent)."""
+    root = logging.getLogger()
+    if any(getattr(h, "_soundkit", False) for h in root.handlers):
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler._soundkit = True  # type: ignore[attr-defined]
+    handler.addFilter(ContextFilter(process_name))
+    if sys.stderr.isatty():
+        handler.setFormatter(logging.Formatter(
+            "%(asctime)s %(levelname)s %(soundkit_process)s %(name)s "
+            "[%(log_id)s] %(message)s"))
+    else:
+        handler.setFormatter(JsonFormatter(
+            "%(asctime)s %(levelname)s %(name)s %(message)s %(log_id)s %(upload_id)s",
+            rename_fields={"soundkit_process": "process", "levelname": "level"},
+            timestamp=True))
+    root.addHandler(handler)
+    root.setLevel(level)

@@ -1,0 +1,1 @@
+"""Alembic migrations for Soundkit's database (run through ``soundkit db upgrade``)."""
