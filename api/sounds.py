@@ -20,7 +20,7 @@ from flask import Blueprint, Response, request
 from sqlalchemy import and_, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
-from werkzeug.exceptions import ClientDisconnected
+from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 from werkzeug.http import parse_options_header
 from werkzeug.sansio.multipart import Data, Epilogue, Field, File, MultipartDecoder, NeedData
 
@@ -37,6 +37,7 @@ CHUNK = 256 * 1024
 MULTIPART_OVERHEAD = 64 * 1024  # boundaries, headers and the title field
 MAX_TITLE = 150
 MAX_FIELD_BYTES = 4096
+MAX_PARTS = 16
 IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 DEFAULT_PAGE, MAX_PAGE = 20, 50
 
@@ -74,7 +75,10 @@ def _body_chunks() -> Iterator[bytes]:
 
 def _stream_multipart(writer: LimitedHashingWriter) -> ReceivedForm:
     """Feed the body through a multipart decoder; file bytes go to ``writer``."""
-    decoder = MultipartDecoder(_boundary(), max_form_memory_size=MAX_FIELD_BYTES)
+    # The decoder's limit bounds what it buffers between our reads (part headers,
+    # a chunk in flight); small fields are bounded separately below.
+    decoder = MultipartDecoder(_boundary(), max_form_memory_size=2 * CHUNK + MAX_FIELD_BYTES,
+                               max_parts=MAX_PARTS)
     form = ReceivedForm()
     current: str | None = None  # name of the part being read
     buffer = bytearray()
@@ -106,13 +110,16 @@ def _stream_multipart(writer: LimitedHashingWriter) -> ReceivedForm:
                     if not event.more_data:
                         form.fields[current] = buffer.decode("utf-8", errors="replace")
 
-    for chunk in _body_chunks():
-        decoder.receive_data(chunk)
-        if drain():
-            break
-    else:
-        decoder.receive_data(None)
-        drain()
+    try:
+        for chunk in _body_chunks():
+            decoder.receive_data(chunk)
+            if drain():
+                break
+        else:
+            decoder.receive_data(None)
+            drain()
+    except (ValueError, RequestEntityTooLarge) as error:
+        raise ApiError("invalid_params", f"malformed multipart body: {error}") from None
     if not seen_file:
         raise ApiError("invalid_params", "the sound_file part is missing")
     if form.file_bytes == 0:

@@ -26,7 +26,7 @@ class StorageUnavailable(RuntimeError):
     """The store could not be reached or refused for a transient reason: retry later."""
 
 
-class ObjectTooLarge(ValueError):
+class ObjectTooLarge(Exception):
     """More bytes arrived than the caller allowed; nothing was stored."""
 
 

@@ -180,15 +180,12 @@ def aws_env(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
 # --- The api with a recording dispatcher ------------------------------------------------------
 
 
-@dataclass
 class RecordingDispatcher(Dispatcher):
     """Records wake-ups instead of talking to a broker (API tests run no worker)."""
 
-    uploads: list[str] = field(default_factory=list)
-    webhooks: list[int] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        pass
+    def __init__(self) -> None:
+        self.uploads: list[str] = []
+        self.webhooks: list[int] = []
 
     def wake_upload(self, upload_id: str) -> bool:
         self.uploads.append(upload_id)
@@ -201,7 +198,7 @@ class RecordingDispatcher(Dispatcher):
 
 @pytest.fixture
 def dispatcher() -> RecordingDispatcher:
-    return RecordingDispatcher(celery=None)  # type: ignore[arg-type]
+    return RecordingDispatcher()
 
 
 @pytest.fixture
