@@ -356,3 +356,45 @@ class AuditEntry(Base):
     target: Mapped[str] = mapped_column(String(200))
     detail: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class AuthorizationCode(Base):
+    """A Login Kit authorization code, stored as a SHA-256 hash and spent exactly once.
+
+    ``family_id`` is chosen when the code is issued and carried by every token minted
+    from it, so a second presentation of the code (RFC 9700: a sign of theft) can
+    revoke everything that code produced with one ``UPDATE``. ``used_at`` is set by a
+    compare-and-set, which is what makes consumption atomic.
+    """
+
+    __tablename__ = "authorization_codes"
+    __table_args__ = (Index("ix_authorization_codes_user_app", "user_id", "app_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    code_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    app_id: Mapped[int] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    redirect_uri: Mapped[str] = mapped_column(String(2000))
+    scope: Mapped[str] = mapped_column(String(500))
+    code_challenge: Mapped[str | None] = mapped_column(String(128))
+    code_challenge_method: Mapped[str | None] = mapped_column(String(10))
+    family_id: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column()
+    used_at: Mapped[datetime | None] = mapped_column()
+    revoked_at: Mapped[datetime | None] = mapped_column()
+
+
+class SignInFailure(Base):
+    """One failed password sign-in, kept for the throttle's sliding window."""
+
+    __tablename__ = "sign_in_failures"
+    __table_args__ = (
+        Index("ix_sign_in_failures_username_created", "username", "created_at"),
+        Index("ix_sign_in_failures_address_created", "remote_addr", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    username: Mapped[str] = mapped_column(String(64))
+    remote_addr: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
