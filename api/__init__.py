@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from flask import Flask
 
-from api import auth, envelope, media, sounds
+from api import auth, envelope, media, oauth, sounds, web
 from api.services import Services
 from soundkit.db import Database
 from soundkit.logs import configure_logging
@@ -37,6 +37,8 @@ def create_app(settings: Settings | None = None, *, store: ObjectStore | None = 
     )
     envelope.init_app(app)
     auth.init_app(app)
+    web.init_app(app)
+    oauth.init_app(app)
     app.register_blueprint(sounds.bp)
     app.register_blueprint(media.bp)
 
