@@ -10,6 +10,7 @@ from pipelines.errors import (
     RejectReason,
 )
 from pipelines.limits import MediaLimits
+from pipelines.probe import ProbeResult, probe
 
 __all__ = [
     "DURATION_CHECK_FAILED",
@@ -19,5 +20,7 @@ __all__ = [
     "MediaProcessingError",
     "MediaRejected",
     "MediaTimeout",
+    "ProbeResult",
     "RejectReason",
+    "probe",
 ]
