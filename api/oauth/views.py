@@ -87,6 +87,24 @@ def _consent_page(client: OAuthClient, offered: list[str], redirect_uri: str) ->
                            destination=urlsplit(redirect_uri).netloc)
 
 
+def _response_type_error(params: MultiDict[str, str]) -> OAuth2Error | None:
+    """Our own check of ``response_type``, sent back to the (validated) redirect URI.
+
+    Authlib builds its ``unsupported_response_type`` error with its arguments swapped,
+    so the submitted value becomes the description (and a quote or a non-ASCII
+    character in it raises ``ValueError``); this check runs first instead.
+    """
+    values = params.getlist("response_type")
+    if values == ["code"]:
+        return None
+    if not values or len(values) > 1:
+        error, description = "invalid_request", "Send response_type=code exactly once."
+    else:
+        error, description = "unsupported_response_type", "Only response_type=code is supported."
+    return OAuth2Error(description, error=error, state=params.get("state"),
+                       redirect_uri=params.get("redirect_uri"))
+
+
 @bp.route("/v2/auth/authorize/", methods=["GET", "POST"])
 @public
 def authorize() -> Any:
@@ -95,6 +113,8 @@ def authorize() -> Any:
     if problem is not None:
         return _error_page(*problem)
     server, user = login_kit(), current_user()
+    if (refused := _response_type_error(request.args)) is not None:
+        return server.handle_error_response(None, refused)
     try:
         grant = server.get_consent_grant(end_user=user)
     except OAuth2Error as error:
