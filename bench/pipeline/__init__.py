@@ -1,0 +1,1 @@
+"""``python -m bench.pipeline``: the media pipeline's CPU cost against bare ffmpeg."""
