@@ -51,8 +51,9 @@ def _conflicting_ids(params: MultiDict[str, str]) -> bool:
 
 def _check_app_and_redirect(params: MultiDict[str, str]) -> tuple[str, str] | None:
     """(error, description) when the app or redirect URI is unknown; None if both are fine."""
-    if _conflicting_ids(params):
-        return "invalid_request", "Send client_key or client_id, not two different values."
+    if _conflicting_ids(params) or len(params.getlist("client_key")) > 1 \
+            or len(params.getlist("client_id")) > 1:
+        return "invalid_request", "The request names its app (client_key) more than once."
     raw_id = params.get("client_key") or params.get("client_id")
     if not raw_id:
         return "invalid_request", "The request does not say which app is asking (client_key)."
@@ -94,7 +95,7 @@ def _response_type_error(params: MultiDict[str, str]) -> OAuth2Error | None:
     so the submitted value becomes the description (and a quote or a non-ASCII
     character in it raises ``ValueError``); this check runs first instead.
     """
-    values = params.getlist("response_type")
+    values = [v for v in params.getlist("response_type") if v]
     if values == ["code"]:
         return None
     if not values or len(values) > 1:

@@ -72,10 +72,10 @@ def _needs_csrf() -> bool:
 
 
 def init_app(app: Flask) -> None:
-    app.config.setdefault("SESSION_COOKIE_NAME", "soundkit_session")
-    app.config.setdefault("PERMANENT_SESSION_LIFETIME", SESSION_LIFETIME)
+    app.config["SESSION_COOKIE_NAME"] = "soundkit_session"
+    app.config["PERMANENT_SESSION_LIFETIME"] = SESSION_LIFETIME
     app.config["WTF_CSRF_CHECK_DEFAULT"] = False  # checked in _csrf below, by rule
-    app.config.setdefault("WTF_CSRF_TIME_LIMIT", None)  # lives as long as the session
+    app.config["WTF_CSRF_TIME_LIMIT"] = None  # the token lives as long as the session
     csrf.init_app(app)
     app.register_blueprint(bp)
     add_nav_item(app, "Connected apps", "web.connected_apps")

@@ -146,3 +146,29 @@ def test_desktop_app_with_its_exact_loopback_uri_connects(signed_in: Flow) -> No
     assert tokens["token_type"] == "Bearer"
     assert signed_in.api(tokens["access_token"]).status_code == 200
     assert DESKTOP_REDIRECT.startswith("http://127.0.0.1:")
+
+
+@pytest.mark.parametrize(("response_type", "error"), [
+    pytest.param('to"ken', "unsupported_response_type", id="quote"),
+    pytest.param("tokén", "unsupported_response_type", id="non-ascii"),
+    pytest.param("\\", "unsupported_response_type", id="backslash"),
+    pytest.param("", "invalid_request", id="empty"),
+    pytest.param(None, "invalid_request", id="missing"),
+])
+def test_bad_response_types_go_back_to_the_app_as_errors(
+        signed_in: Flow, response_type: str | None, error: str) -> None:
+    """Regression: Authlib turns the raw value into its error text and raises ValueError."""
+    response = signed_in.client.get(signed_in.authorize_url(response_type=response_type))
+    assert response.status_code == 302
+    assert response.headers["Location"].startswith(WEB_REDIRECT + "?")
+    assert query(response.headers["Location"])["error"] == error
+
+
+@pytest.mark.parametrize("name", ["client_key", "client_id"])
+def test_an_app_named_twice_gets_an_error_page(signed_in: Flow, name: str) -> None:
+    url = signed_in.authorize_url(client_key=None, response_type=None,  # type: ignore[arg-type]
+                                  redirect_uri=DESKTOP_REDIRECT)
+    url += f"&{name}={signed_in.web_key}&{name}={signed_in.desktop_key}"
+    response = signed_in.client.get(url)
+    assert response.status_code == 400
+    assert "Location" not in response.headers
