@@ -28,7 +28,7 @@ from api.auth import Caller, caller, require_scopes
 from api.envelope import ApiError, envelope, log_id
 from api.services import services
 from soundkit import jobs
-from soundkit.models import FailReason, Sound, Upload, UploadStatus
+from soundkit.models import FailReason, Sound, Upload, UploadStatus, new_public_id
 from soundkit.storage import LimitedHashingWriter, ObjectTooLarge
 
 bp = Blueprint("sounds", __name__)
@@ -136,9 +136,10 @@ def _clean_title(form: ReceivedForm) -> str | None:
 
 def _create_row(caller_: Caller, key: str | None, content_length: int | None) -> str | None:
     """Insert the job as PROCESSING_UPLOAD; None if the idempotency key won a race."""
-    upload = Upload(app_id=caller_.app_id, user_id=caller_.user_id, idempotency_key=key,
-                    log_id=log_id(), status=UploadStatus.PROCESSING_UPLOAD)
-    upload.incoming_key = f"incoming/{upload.id}"
+    upload_id = new_public_id("upl")
+    upload = Upload(id=upload_id, app_id=caller_.app_id, user_id=caller_.user_id,
+                    idempotency_key=key, log_id=log_id(), incoming_key=f"incoming/{upload_id}",
+                    status=UploadStatus.PROCESSING_UPLOAD)
     try:
         with services().db.session() as session:
             session.add(upload)

@@ -104,7 +104,7 @@ class Dispatcher:
         try:
             self.celery.send_task(task, args=list(args), retry=True,
                                   retry_policy={"max_retries": 2, "interval_start": 0.2,
-                                                "interval_step": 0.5, "timeout": 5})
+                                                "interval_step": 0.5, "interval_max": 1})
         except Exception:
             log.warning("could not send %s%r; the reconciler will resend it", task, args,
                         exc_info=True)

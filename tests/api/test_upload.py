@@ -56,6 +56,7 @@ def test_upload_streams_bytes_records_job_and_wakes_worker_after_commit(
         assert upload.sha256 == hashlib.sha256(data).hexdigest()
         assert upload.log_id == body["error"]["log_id"]
         assert upload.original_filename == "track.mp3"
+        assert upload.incoming_key == f"incoming/{upload_id}"
     assert store.path(f"incoming/{upload_id}").read_bytes() == data
 
 
