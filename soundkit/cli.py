@@ -141,6 +141,46 @@ def tokens_issue(username: str, client_key: str, scopes: str, actor: str) -> Non
         raise click.ClickException(str(error)) from None
 
 
+@main.command("login")
+@click.option("--app", "client_key", required=True, help="The app's client key.")
+@click.option("--client-secret", envvar="SOUNDKIT_CLIENT_SECRET", default=None,
+              help="Only for confidential (web) apps; desktop apps have none.")
+@click.option("--redirect-uri", default="http://127.0.0.1:8719/callback", show_default=True,
+              help="A loopback redirect URI registered for the app; login listens on it.")
+@click.option("--scope", default=",".join(accounts.SCOPES), show_default=True)
+@click.option("--api", "api_url", envvar="SOUNDKIT_API", default=None,
+              help="API base URL (default: $SOUNDKIT_PUBLIC_URL or http://127.0.0.1:8000).")
+@click.option("--save", "save_to", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="Where to store the tokens (default: var/credentials.json).")
+@click.option("--force-consent", is_flag=True, help="Show the consent page even if the app "
+              "was already allowed (disable_auto_auth=1).")
+@click.option("--no-browser", is_flag=True, help="Only print the URL to open.")
+@click.option("--timeout", default=300.0, show_default=True)
+def login(client_key: str, client_secret: str | None, redirect_uri: str, scope: str,
+          api_url: str | None, save_to: Path | None, force_consent: bool, no_browser: bool,
+          timeout: float) -> None:
+    """Connect an app to your account in the browser (Login Kit, PKCE on loopback)."""
+    import webbrowser
+
+    from soundkit import login as flow
+
+    settings = _settings()
+    try:
+        credentials = flow.login(
+            api_url or settings.public_url, client_key, redirect_uri=redirect_uri, scope=scope,
+            client_secret=client_secret, force_consent=force_consent, timeout=timeout,
+            open_browser=(lambda _url: None) if no_browser else webbrowser.open,
+            echo=lambda text: click.echo(text, err=True))
+    except flow.LoginError as error:
+        raise click.ClickException(str(error)) from None
+    path = flow.save(save_to or settings.var_dir / "credentials.json", credentials)
+    _print_json({"access_token": credentials.access_token, "open_id": credentials.open_id,
+                 "scope": credentials.scope, "expires_at": credentials.expires_at,
+                 "saved_to": str(path)})
+    click.echo(f"Connected. Push a sound with:\n  soundkit push FILE --token "
+               f"{credentials.access_token}", err=True)
+
+
 @main.command("push")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--token", envvar="SOUNDKIT_TOKEN", required=True, help="Access token with "

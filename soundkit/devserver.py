@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 from sqlalchemy import select
 
@@ -28,7 +29,10 @@ from soundkit.settings import Settings
 
 DEMO_USER = "demo"
 DEMO_APP = "Demo Beat Maker"
+DEMO_DESKTOP_APP = "Demo Desktop Recorder"
 DEMO_DEVELOPER = "Soundkit Demo Studio"
+#: Where ``soundkit login`` listens by default (a desktop app's loopback redirect).
+DEMO_DESKTOP_REDIRECT = "http://127.0.0.1:8719/callback"
 
 
 def demo_redirect_uri(settings: Settings) -> str:
@@ -66,6 +70,14 @@ def seed_demo(settings: Settings) -> dict[str, Any]:
                 developer=DEMO_DEVELOPER, secret_key=settings.secret_key)
             demo.update(client_key=created.app.client_key, client_secret=created.client_secret,
                         webhook_secret=created.webhook_secret)
+        elif app.redirect_uris != [demo_redirect_uri(settings)]:  # SOUNDKIT_BIND changed
+            app.redirect_uris = [demo_redirect_uri(settings)]
+        desktop = session.scalar(select(App).where(App.name == DEMO_DESKTOP_APP))
+        if desktop is None or desktop.client_key != demo.get("desktop_client_key"):
+            created = accounts.create_app(
+                session, name=DEMO_DESKTOP_APP, redirect_uris=[DEMO_DESKTOP_REDIRECT],
+                developer=DEMO_DEVELOPER, secret_key=settings.secret_key, public=True)
+            demo.update(desktop_client_key=created.app.client_key)
     if not _token_valid(db, demo.get("access_token")):
         with db.session() as session:
             raw, _ = accounts.issue_operator_token(
@@ -74,7 +86,8 @@ def seed_demo(settings: Settings) -> dict[str, Any]:
         demo["access_token"] = raw
     db.dispose()
     demo.update(api_url=settings.public_url, username=DEMO_USER,
-                redirect_uri=demo_redirect_uri(settings))
+                redirect_uri=demo_redirect_uri(settings),
+                desktop_redirect_uri=DEMO_DESKTOP_REDIRECT)
     path.write_text(json.dumps(demo, indent=2) + "\n")
     path.chmod(0o600)
     return demo
@@ -115,6 +128,14 @@ def _banner(settings: Settings, demo: dict[str, Any]) -> str:
         f"  sign in       {settings.public_url}/login   user {demo['username']}, "
         f"password in {settings.var_dir / 'demo.json'}",
         f"  demo app      client_key {demo['client_key']}",
+        f"  connect       {settings.public_url}/v2/auth/authorize/?" + urlencode(
+            {"client_key": demo["client_key"], "response_type": "code",
+             "scope": "user.info.basic,sound.upload,sound.list",
+             "redirect_uri": demo["redirect_uri"], "state": "demo"}),
+        "",
+        "Connect a desktop app from the terminal (browser sign-in, PKCE on loopback):",
+        f"  .venv/bin/soundkit login --app {demo['desktop_client_key']} "
+        f"--api {settings.public_url}",
         "",
         "Push a sound:",
         f"  .venv/bin/soundkit push path/to/track.mp3 --token {demo['access_token']} "
