@@ -35,6 +35,25 @@ class ContextFilter(logging.Filter):
         return True
 
 
+#: Housekeeping tasks that run every few seconds; their routine lines are noise.
+PERIODIC_TASKS = ("soundkit.reconcile", "soundkit.deliver_due_webhooks",
+                  "deliver-due-webhooks", "Sending due task reconcile")
+
+
+class QuietPeriodicFilter(logging.Filter):
+    """Drops Celery's routine INFO lines about beat's periodic tasks.
+
+    The reconciler logs on its own when it actually re-sends or gives up on a job, so
+    nothing of interest is lost; warnings and errors always pass.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno > logging.INFO or not record.name.startswith("celery"):
+            return True
+        message = record.getMessage()
+        return not any(name in message for name in PERIODIC_TASKS)
+
+
 @contextmanager
 def log_context(log_id: str | None, upload_id: str | None = None) -> Iterator[None]:
     log_token = current_log_id.set(log_id)
@@ -54,6 +73,7 @@ def configure_logging(process_name: str, level: str = "INFO") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler._soundkit = True  # type: ignore[attr-defined]
     handler.addFilter(ContextFilter(process_name))
+    handler.addFilter(QuietPeriodicFilter())
     if sys.stderr.isatty():
         handler.setFormatter(logging.Formatter(
             "%(asctime)s %(levelname)s %(soundkit_process)s %(name)s "
