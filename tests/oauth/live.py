@@ -54,8 +54,8 @@ def browse_and_consent(url: str, username: str, password: str, *,
                 "csrf_token": _field(page.text, "csrf_token"),
                 "next": _field(page.text, "next")})
         assert 'value="authorize"' in page.text, page.text[page.text.find("<main"):][:800]
-        action = re.search(r'<form method="post" action="([^"]+)"', page.text.split(
-            'class="card consent"')[1])
+        action = re.search(r'<form id="consent-form" method="post" action="([^"]+)"',
+                           page.text)
         assert action
         chosen = allow if allow is not None else re.findall(
             r'name="allow" value="([^"]+)"', page.text)

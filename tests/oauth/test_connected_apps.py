@@ -50,7 +50,7 @@ def _sound(flow: Flow, app_key: str, n: int) -> None:
 
 
 def _remove(flow: Flow, client_key: str) -> Any:
-    page = flow.client.get("/settings/apps")
+    page = flow.client.get("/logout")  # any page with a form carries the session's token
     return flow.client.post(f"/settings/apps/{client_key}/remove",
                             data={"csrf_token": csrf_token(page.text)})
 

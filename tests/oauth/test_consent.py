@@ -6,6 +6,7 @@ import re
 from urllib.parse import parse_qs, urlsplit
 
 from sqlalchemy import func, select
+from werkzeug.datastructures import MultiDict
 
 from soundkit import accounts
 from soundkit.models import AuthorizationCode, Consent, Token
@@ -189,3 +190,16 @@ def test_later_grants_add_to_the_consent_until_access_is_removed(signed_in: Flow
         consent = session.scalar(select(Consent))
         assert consent is not None and consent.scope == ",".join(ALL)
         assert session.scalar(select(func.count(Token.id))) == 0  # codes only, no tokens yet
+
+
+def test_the_first_form_on_the_page_submitted_as_is_authorizes(signed_in: Flow) -> None:
+    """A client that fills in the page's first form, with no button value, connects."""
+    url = signed_in.authorize_url()
+    html = signed_in.client.get(url).text
+    first = re.search(r"<form\b(.*?)</form>", html, re.S)
+    assert first and 'id="consent-form"' in first.group(1)
+    fields = re.findall(r'<input[^>]*name="([^"]+)"[^>]*value="([^"]*)"', first.group(1))
+    form = MultiDict([(k, v.replace("&amp;", "&")) for k, v in fields])
+    response = signed_in.client.post(url, data=form)
+    assert response.status_code == 302
+    assert query(response.headers["Location"])["scopes"] == ",".join(ALL)

@@ -122,7 +122,7 @@ def test_authorize_never_fails_and_never_redirects_elsewhere_signed_out(flow: Fl
 def test_authorize_never_fails_and_never_redirects_elsewhere_signed_in(signed_in: Flow) -> None:
     signed_in.code()  # an existing consent makes automatic approval reachable
     registered = _registered(signed_in)
-    csrf = csrf_token(signed_in.client.get("/settings/apps").text)
+    csrf = csrf_token(signed_in.client.get("/logout").text)
 
     @FUZZ
     @given(params=authorize_params(registered),
