@@ -36,8 +36,8 @@ def login() -> Page:
     """Password sign-in. ``next`` (a same-site path) is where the creator was going."""
     next_path = safe_next(request.values.get("next"))
     if request.method == "GET":
-        if current_user() is not None and next_path:
-            return redirect(next_path)
+        if current_user() is not None:
+            return redirect(next_path or _landing())
         return render_template("login.html", next=next_path, username="", error=None)
     username = request.form.get("username", "").strip()[:64]
     password = request.form.get("password", "")

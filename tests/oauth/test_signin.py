@@ -25,7 +25,8 @@ def _form(client: FlaskClient) -> str:
 
 def _attempt(flow: Flow, password: str, username: str = "alice",
              client: FlaskClient | None = None) -> int:
-    client = client or flow.client
+    """One sign-in from a fresh browser (a signed-in one would skip the form)."""
+    client = client or flow.client.application.test_client()
     return client.post("/login", data={"username": username, "password": password,
                                        "csrf_token": _form(client)}).status_code
 
@@ -49,6 +50,12 @@ def test_wrong_credentials_get_one_message(flow: Flow, username: str, password: 
     assert response.status_code == 401
     assert "Wrong username or password." in response.text
     assert flow.client.get("/settings/apps").status_code == 302
+
+
+def test_a_signed_in_creator_skips_the_login_page(signed_in: Flow) -> None:
+    assert signed_in.client.get("/login").headers["Location"] == "/settings/apps"
+    going = signed_in.client.get("/login?next=/v2/auth/authorize/%3Fx%3D1")
+    assert going.headers["Location"] == "/v2/auth/authorize/?x=1"
 
 
 def test_usernames_are_not_case_sensitive(flow: Flow) -> None:
@@ -105,8 +112,9 @@ def test_next_goes_back_to_a_local_page_only(flow: Flow) -> None:
                              ("https://evil.example/", "/settings/apps"),
                              ("/\\evil.example", "/settings/apps"),
                              ("javascript:alert(1)", "/settings/apps")]:
-        page = flow.client.get("/login")
-        response = flow.client.post("/login", data={
+        browser = flow.client.application.test_client()
+        page = browser.get("/login")
+        response = browser.post("/login", data={
             "username": "alice", "password": PASSWORD, "csrf_token": csrf_token(page.text),
             "next": target})
         assert response.headers["Location"] == expected, target
