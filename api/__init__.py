@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from api import auth, envelope, media, oauth, sounds, web
 from api.services import Services
@@ -22,6 +23,11 @@ def create_app(settings: Settings | None = None, *, store: ObjectStore | None = 
     settings = settings or load_settings()
     configure_logging("api", settings.log_level)
     app = Flask(__name__)
+    if settings.trusted_proxies:
+        # Behind a proxy, remote_addr is the proxy's: take the client's from the
+        # headers the trusted proxies set, or every creator shares one throttle budget.
+        n = settings.trusted_proxies
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n)  # type: ignore[method-assign]
     app.config.update(
         SECRET_KEY=settings.secret_key,
         SESSION_COOKIE_HTTPONLY=True,

@@ -80,7 +80,9 @@ def _http_code(status: int) -> str:
 
 
 def _wants_envelope() -> bool:
-    return request.path.startswith("/v2/") and not request.path.startswith("/v2/oauth/")
+    """Sound Kit JSON endpoints; OAuth answers per RFC 6749 and authorize is a page."""
+    return request.path.startswith("/v2/") and not request.path.startswith(
+        ("/v2/oauth/", "/v2/auth/"))
 
 
 def _handle_http_error(error: HTTPException) -> BaseResponse:

@@ -53,6 +53,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("SOUNDKIT_BIND", "127.0.0.1:8000", "host:port the api listens on"),
     Setting("SOUNDKIT_PUBLIC_URL", "http://$SOUNDKIT_BIND",
             "Base URL apps and browsers use to reach the api (signed media URLs)"),
+    Setting("SOUNDKIT_TRUSTED_PROXIES", "0", "Reverse proxies in front of the api whose "
+            "X-Forwarded-For/-Proto are trusted (sign-in throttling keys on the client address)"),
     Setting("SOUNDKIT_SECRET_KEY", "(generated into var/secret_key)",
             "Signs sessions, media URLs and per-app identifiers; required in production"),
     Setting("SOUNDKIT_ENV", "development", "development or production (production requires "
@@ -77,6 +79,12 @@ SETTINGS: tuple[Setting, ...] = (
             "for this long"),
     Setting("SOUNDKIT_WORKER_CONCURRENCY", "2", "Worker processes started by `soundkit run`"),
     Setting("SOUNDKIT_LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR"),
+    Setting("SOUNDKIT_OPS_TOKEN", "(none)", "Bearer token that opens /metrics and the read-only "
+            "/ops/api/ to scrapers and scripts (at least 32 characters); without it only a "
+            "signed-in operator can read them"),
+    Setting("PROMETHEUS_MULTIPROC_DIR", "(a fresh temporary directory under gunicorn)",
+            "Where the api's processes share their HTTP metrics (prometheus-client's "
+            "multiprocess mode); emptied when gunicorn starts"),
 )
 
 
@@ -93,6 +101,7 @@ class Settings:
     bind_host: str
     bind_port: int
     public_url: str
+    trusted_proxies: int
     secret_key: str
     env: str
     max_upload_bytes: int
@@ -111,6 +120,8 @@ class Settings:
     webhook_max_age_s: int
     worker_concurrency: int
     log_level: str
+    ops_token: str | None = None
+    prometheus_multiproc_dir: Path | None = None
 
     @property
     def bind(self) -> str:
@@ -222,6 +233,22 @@ def _log_level(raw: str) -> str:
     return level
 
 
+def _ops_token(raw: str) -> str | None:
+    token = raw.strip()
+    if token and len(token) < 32:
+        raise SettingsError("SOUNDKIT_OPS_TOKEN: must be at least 32 characters")
+    return token or None
+
+
+def _multiproc_dir(raw: str) -> Path | None:
+    if not raw.strip():
+        return None
+    path = Path(raw.strip())
+    if not path.is_dir():
+        raise SettingsError(f"PROMETHEUS_MULTIPROC_DIR: {raw!r} is not a directory")
+    return path
+
+
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Resolve every setting from ``environ`` (the process environment by default)."""
     env = os.environ if environ is None else environ
@@ -269,6 +296,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         bind_host=host,
         bind_port=port,
         public_url=public_url,
+        trusted_proxies=_int(env, "SOUNDKIT_TRUSTED_PROXIES", 0),
         secret_key=_secret_key(env, var_dir, production),
         env=mode,
         max_upload_bytes=_int(env, "SOUNDKIT_MAX_UPLOAD_BYTES", 512 * MIB, minimum=1),
@@ -287,4 +315,6 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         webhook_max_age_s=_int(env, "SOUNDKIT_WEBHOOK_MAX_AGE_S", 72 * 3600, minimum=1),
         worker_concurrency=_int(env, "SOUNDKIT_WORKER_CONCURRENCY", 2, minimum=1),
         log_level=_log_level(env.get("SOUNDKIT_LOG_LEVEL", "")),
+        ops_token=_ops_token(env.get("SOUNDKIT_OPS_TOKEN", "")),
+        prometheus_multiproc_dir=_multiproc_dir(env.get("PROMETHEUS_MULTIPROC_DIR", "")),
     )

@@ -88,3 +88,21 @@ def test_compose_stack_configuration_is_valid_production_settings(tmp_path: Path
     assert settings.env == "production"
     assert settings.broker_url.startswith("redis://")
     assert settings.storage_url.startswith("s3://")
+
+
+def test_trusted_proxies_give_the_client_address(make_settings: object) -> None:
+    from flask import request
+
+    from api import create_app
+
+    app = create_app(make_settings(SOUNDKIT_TRUSTED_PROXIES="1"))  # type: ignore[operator]
+
+    @app.get("/_whoami")
+    def whoami() -> str:
+        return str(request.remote_addr)
+
+    response = app.test_client().get("/_whoami", headers={"X-Forwarded-For": "203.0.113.9"},
+                                     environ_base={"REMOTE_ADDR": "10.0.0.1"})
+    assert response.text == "203.0.113.9"
+    plain = create_app(make_settings()).test_client()  # type: ignore[operator]
+    assert plain.application.wsgi_app.__class__.__name__ != "ProxyFix"
