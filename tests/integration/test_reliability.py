@@ -108,6 +108,15 @@ class Harness:
         found: str = status["status"]
         return found
 
+    def process_to_the_end(self, upload_id: str) -> None:
+        """Start a fresh worker and check the job ends in the library, applied once."""
+        proc = self.worker()
+        try:
+            assert self.wait_final(upload_id, proc) == "IN_LIBRARY"
+        finally:
+            proc.stop()
+        self.assert_applied_once(upload_id)
+
     def close(self) -> None:
         self.db.dispose()
 
@@ -164,12 +173,7 @@ def test_redis_restarted_without_persistence_loses_no_job(
     upload_id = harness.push(track)  # queued in Redis; no worker is running
     redis_server.stop()
     redis_server.start()  # empty: the wake-up message is gone
-    proc = harness.worker()
-    try:
-        assert harness.wait_final(upload_id, proc) == "IN_LIBRARY"
-    finally:
-        proc.stop()
-    harness.assert_applied_once(upload_id)
+    harness.process_to_the_end(upload_id)
 
 
 def test_broker_down_during_upload_still_accepts_and_processes_later(
@@ -181,9 +185,4 @@ def test_broker_down_during_upload_still_accepts_and_processes_later(
     upload_id = harness.push(track)  # 202: the job is durable in the database
     assert harness.upload(upload_id).status == UploadStatus.PROCESSING
     redis_server.start()
-    proc = harness.worker()
-    try:
-        assert harness.wait_final(upload_id, proc) == "IN_LIBRARY"
-    finally:
-        proc.stop()
-    harness.assert_applied_once(upload_id)
+    harness.process_to_the_end(upload_id)
