@@ -11,6 +11,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from api import auth, envelope, media, oauth, sounds, web
 from api.services import Services
+from api.web import library
 from soundkit.db import Database
 from soundkit.logs import configure_logging
 from soundkit.queue import Dispatcher, make_celery
@@ -44,6 +45,7 @@ def create_app(settings: Settings | None = None, *, store: ObjectStore | None = 
     envelope.init_app(app)
     auth.init_app(app)
     web.init_app(app)
+    library.init_app(app)
     oauth.init_app(app)
     app.register_blueprint(sounds.bp)
     app.register_blueprint(media.bp)

@@ -17,6 +17,7 @@ gets it without doing anything:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -24,7 +25,7 @@ from typing import Any
 from flask import Flask, Response, render_template, request, url_for
 from flask_wtf.csrf import CSRFError, CSRFProtect
 
-from api.web.signin import current_user
+from api.web.signin import SignedIn, current_user
 from api.web.views import bp
 
 __all__ = ["add_nav_item", "bp", "home_url", "init_app"]
@@ -43,13 +44,15 @@ class NavItem:
     label: str
     endpoint: str
     operator_only: bool = False
+    #: A count shown beside the label (e.g. new sounds); 0 shows nothing.
+    badge: Callable[[SignedIn], int] | None = None
 
 
 def add_nav_item(app: Flask, label: str, endpoint: str, *, operator_only: bool = False,
-                 first: bool = False) -> None:
+                 first: bool = False, badge: Callable[[SignedIn], int] | None = None) -> None:
     """Show a page in the navigation bar (``first`` makes it the landing page)."""
     items: list[NavItem] = app.extensions.setdefault("soundkit_nav", [])
-    item = NavItem(label, endpoint, operator_only)
+    item = NavItem(label, endpoint, operator_only, badge)
     if first:
         items.insert(0, item)
     else:
@@ -108,6 +111,7 @@ def init_app(app: Flask) -> None:
         user = current_user()
         items: list[NavItem] = app.extensions.get("soundkit_nav", [])
         nav = [{"label": i.label, "url": url_for(i.endpoint),
-                "active": request.endpoint == i.endpoint}
+                "active": request.endpoint == i.endpoint,
+                "badge": i.badge(user) if i.badge and user else 0}
                for i in items if user and (not i.operator_only or user.is_operator)]
         return {"signed_in": user, "nav_items": nav, "home_url": home_url(app)}

@@ -31,10 +31,10 @@ def _attempt(flow: Flow, password: str, username: str = "alice",
                                        "csrf_token": _form(client)}).status_code
 
 
-def test_right_password_signs_in_and_lands_on_connected_apps(flow: Flow) -> None:
+def test_right_password_signs_in_and_lands_on_the_library(flow: Flow) -> None:
     response = flow.sign_in()
     assert response.status_code == 302
-    assert response.headers["Location"] == "/settings/apps"
+    assert response.headers["Location"] == "/library"
     assert flow.client.get("/settings/apps").status_code == 200
 
 
@@ -53,7 +53,7 @@ def test_wrong_credentials_get_one_message(flow: Flow, username: str, password: 
 
 
 def test_a_signed_in_creator_skips_the_login_page(signed_in: Flow) -> None:
-    assert signed_in.client.get("/login").headers["Location"] == "/settings/apps"
+    assert signed_in.client.get("/login").headers["Location"] == "/library"
     going = signed_in.client.get("/login?next=/v2/auth/authorize/%3Fx%3D1")
     assert going.headers["Location"] == "/v2/auth/authorize/?x=1"
 
@@ -108,10 +108,10 @@ def test_one_address_trying_many_accounts_is_throttled(flow: Flow) -> None:
 
 def test_next_goes_back_to_a_local_page_only(flow: Flow) -> None:
     for target, expected in [("/v2/auth/authorize/?x=1", "/v2/auth/authorize/?x=1"),
-                             ("//evil.example/", "/settings/apps"),
-                             ("https://evil.example/", "/settings/apps"),
-                             ("/\\evil.example", "/settings/apps"),
-                             ("javascript:alert(1)", "/settings/apps")]:
+                             ("//evil.example/", "/library"),
+                             ("https://evil.example/", "/library"),
+                             ("/\\evil.example", "/library"),
+                             ("javascript:alert(1)", "/library")]:
         browser = flow.client.application.test_client()
         page = browser.get("/login")
         response = browser.post("/login", data={
