@@ -16,13 +16,16 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    Column,
     DateTime,
     Float,
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
+    Table,
     Text,
     TypeDecorator,
     UniqueConstraint,
@@ -398,3 +401,70 @@ class SignInFailure(Base):
     username: Mapped[str] = mapped_column(String(64))
     remote_addr: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+# --- Fingerprint index ---------------------------------------------------------------------
+
+
+class CatalogTrack(Base):
+    """A protected track registered by an operator (``soundkit catalog add``).
+
+    ``sha256`` of the registered file is unique so that adding a folder twice skips
+    what is already there.
+    """
+
+    __tablename__ = "catalog_tracks"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    title: Mapped[str] = mapped_column(String(300))
+    rights_holder: Mapped[str] = mapped_column(String(200))
+    sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    duration_s: Mapped[float] = mapped_column(Float)
+    source_name: Mapped[str | None] = mapped_column(String(500))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class FingerprintKind(enum.StrEnum):
+    """What an indexed track is: a creator's sound or a protected catalog track."""
+
+    SOUND = "sound"
+    CATALOG = "catalog"
+
+
+class FingerprintTrack(Base):
+    """The integer id the fingerprint index knows a track by, and what that track is.
+
+    Hash rows carry only this 4-byte id, never a public id. ``hash_list`` holds the
+    track's distinct hashes (sorted, delta-coded, zlib) so that its rows can be
+    deleted through the index on ``hash`` instead of scanning the whole table; it
+    costs a few per cent of the rows' size. The foreign keys are ``SET NULL`` rather
+    than ``CASCADE``: a sound removed by any other path than ``library.delete_sound``
+    leaves a row that matching ignores and that still knows which rows to delete.
+    """
+
+    __tablename__ = "fingerprint_tracks"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    sound_id: Mapped[str | None] = mapped_column(
+        ForeignKey("sounds.id", ondelete="SET NULL"), unique=True)
+    catalog_track_id: Mapped[int | None] = mapped_column(
+        ForeignKey("catalog_tracks.id", ondelete="SET NULL"), unique=True)
+    hash_count: Mapped[int] = mapped_column(Integer, default=0)
+    hash_list: Mapped[bytes | None] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+#: The index itself: a multiset of ``(hash, track_id, t)`` rows, as lean as the
+#: database allows. ``hash`` is the engine's uint32 stored as a signed 32-bit
+#: INTEGER (same bits), ``t`` the anchor's frame. One b-tree, on ``hash``, serves
+#: lookups and deletions; there is no primary key (it would be a second index) and no
+#: foreign key on ``track_id`` (deleting a track would scan the table to check it).
+fingerprint_hashes = Table(
+    "fingerprint_hashes",
+    Base.metadata,
+    Column("hash", Integer, nullable=False),
+    Column("track_id", Integer, nullable=False),
+    Column("t", Integer, nullable=False),
+    Index("ix_fingerprint_hashes_hash", "hash"),
+)
