@@ -9,9 +9,9 @@ from __future__ import annotations
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from api import auth, envelope, media, oauth, sounds, web
+from api import auth, envelope, media, metrics, oauth, sounds, web
 from api.services import Services
-from api.web import library
+from api.web import library, ops
 from soundkit.db import Database
 from soundkit.logs import configure_logging
 from soundkit.queue import Dispatcher, make_celery
@@ -46,6 +46,8 @@ def create_app(settings: Settings | None = None, *, store: ObjectStore | None = 
     auth.init_app(app)
     web.init_app(app)
     library.init_app(app)
+    ops.init_app(app)
+    metrics.init_app(app)
     oauth.init_app(app)
     app.register_blueprint(sounds.bp)
     app.register_blueprint(media.bp)

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import io
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +20,11 @@ import pytest
 from argon2 import PasswordHasher
 from flask import Flask
 from flask.testing import FlaskClient
+from sqlalchemy import select
 
-from soundkit import accounts
+from soundkit import accounts, jobs, webhooks
 from soundkit.db import Database
+from soundkit.models import WebhookDelivery, utcnow
 from soundkit.settings import Settings
 from soundkit.storage import LocalStore
 from tests.audio import make_audio
@@ -119,3 +122,52 @@ def store(app: Flask) -> LocalStore:
     found = app.extensions["soundkit"].store
     assert isinstance(found, LocalStore)
     return found
+
+
+@dataclass
+class Console:
+    """Jobs in every state the console reports."""
+
+    ready: str
+    refused: str
+    internal: str
+    waiting: str
+    running: str
+    hooked: str
+    delivery: int
+
+
+@pytest.fixture
+def console(people: People, settings: Settings, make_settings: Callable[..., Settings],
+            track: Path, tmp_path: Path, db: Database, store: LocalStore) -> Console:
+    world, app = people.world, people.app
+    token = world.token()
+    ready = push(app, token, track, "Night Drive")
+    assert run_worker(app, settings, ready) == "done"
+
+    notes = tmp_path / "notes.mp3"
+    notes.write_bytes(b"not audio at all\n" * 500)
+    refused = push(app, token, notes, "Notes")
+    assert run_worker(app, settings, refused) == "done"
+
+    internal = push(app, token, make_audio(tmp_path / "lost.wav", 5.5, freq=330), "Lost")
+    (store.path(f"incoming/{internal}")).rename(tmp_path / "lost.bytes")  # the bytes vanish
+    assert run_worker(app, make_settings(SOUNDKIT_MAX_ATTEMPTS="1"), internal) == "failed"
+    (tmp_path / "lost.bytes").rename(store.path(f"incoming/{internal}"))  # ...and come back
+
+    waiting = push(app, token, make_audio(tmp_path / "wait.wav", 5.5, freq=392), "Waiting")
+    running = push(app, token, make_audio(tmp_path / "run.wav", 5.5, freq=440), "Running")
+    with db.session() as session:  # a worker holds it, and its lease has already run out
+        assert jobs.claim(session, running, "gone-worker:42", 1,
+                          now=utcnow() - timedelta(minutes=5)) is not None
+
+    hooked_app = world.new_app("Hook Lab", "Hook Lab Inc", webhook_url="http://127.0.0.1:9/hook")
+    hooked = push(app, world.token(client_key=hooked_app.app.client_key),
+                  tmp_path / "notes.mp3", "Hooked notes")
+    assert run_worker(app, settings, hooked) == "done"
+    with db.session() as session:
+        delivery = session.scalars(select(WebhookDelivery.id)).one()
+    with db.session() as session:  # nothing listens on port 9: a real connection failure
+        assert webhooks.deliver(session, delivery, secret_key=settings.secret_key,
+                                timeout_s=2, max_age_s=3600) == "pending"
+    return Console(ready, refused, internal, waiting, running, hooked, delivery)
