@@ -247,11 +247,16 @@ WAVEFORM_BARS = 160
 
 def bars_from_peaks(document: dict[str, Any], bars: int = WAVEFORM_BARS) \
         -> list[tuple[float, float]]:
-    """Reduce a stored peaks document to ``bars`` (min, max) pairs in -1..1.
+    """Reduce a stored peaks document to ``bars`` (min, max) pairs in -1..1, for drawing.
 
     The stored file (``pipelines.waveform``) interleaves each window's min and max as
     integers scaled to ``bits``; each bar takes the extremes of the windows it covers,
     so a short loud transient stays visible however far the waveform is reduced.
+
+    The bars are then scaled so that the loudest bars (the 98th percentile, ignoring a
+    stray click) reach full height, as music players draw waveforms: a quietly mastered
+    track would otherwise be a flat line. Quieter than ``-34 dBFS`` is not scaled up
+    further, so near-silence stays flat.
     """
     peaks = document.get("peaks")
     if not isinstance(peaks, list) or len(peaks) < 2:
@@ -267,8 +272,11 @@ def bars_from_peaks(document: dict[str, Any], bars: int = WAVEFORM_BARS) \
         highs = peaks[2 * start + 1:2 * end:2]
         low = max(-1.0, min(lows) / scale)
         high = min(1.0, max(highs) / scale)
-        found.append((round(low, 3), round(high, 3)))
-    return found
+        found.append((low, high))
+    loudness = sorted(max(-low, high) for low, high in found)
+    reference = max(loudness[min(len(loudness) - 1, int(len(loudness) * 0.98))], 0.02)
+    return [(round(max(-1.0, low / reference), 3), round(min(1.0, high / reference), 3))
+            for low, high in found]
 
 
 class WaveformCache:
@@ -319,7 +327,7 @@ _hook_modules_loaded = False
 #: without having to import them at start-up. The fingerprint index adds its module
 #: here; that module calls :func:`on_sound_delete` with a function that deletes the
 #: sound's hashes in the same transaction.
-HOOK_MODULES: tuple[str, ...] = ()
+HOOK_MODULES: tuple[str, ...] = ("soundkit.fingerprints",)
 
 
 def on_sound_delete(hook: SoundDeleteHook) -> SoundDeleteHook:

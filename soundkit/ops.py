@@ -217,7 +217,8 @@ def stage_durations(session: Session, now: datetime | None = None,
         else:
             other[stage] += 1
     found = []
-    for stage in [*PROGRESS_STAGES, *sorted(set(ok) | set(other) - set(PROGRESS_STAGES))]:
+    others = sorted((set(ok) | set(other)) - {str(s) for s in PROGRESS_STAGES})
+    for stage in [*(str(s) for s in PROGRESS_STAGES), *others]:
         samples = sorted(ok.get(stage, []))
         if not samples and not other.get(stage):
             continue

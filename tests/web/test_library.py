@@ -291,6 +291,14 @@ def test_waveform_bars_keep_each_windows_extremes() -> None:
     assert library.bars_from_peaks({"peaks": []}) == []
 
 
+def test_quiet_waveforms_are_drawn_to_full_height_without_a_stray_click() -> None:
+    quiet = [-6, 6] * 98 + [-127, 127] + [-3, 3]  # 100 windows at 5 %, one full-scale click
+    bars = library.bars_from_peaks({"bits": 8, "peaks": quiet}, bars=100)
+    assert bars[0] == (-1.0, 1.0) and bars[98] == (-1.0, 1.0) and bars[99] == (-0.5, 0.5)
+    silence = library.bars_from_peaks({"bits": 8, "peaks": [0, 1] * 50}, bars=10)
+    assert all(high <= 0.4 for _, high in silence)  # near-silence is not blown up
+
+
 def test_the_stored_waveform_is_read_once(people: People, settings: Settings, track: Path,
                                           db: Database, store: LocalStore) -> None:
     ready_sound(people, settings, track, "Night Drive")

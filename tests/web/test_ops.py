@@ -121,6 +121,7 @@ def test_the_overview_reports_every_kind_of_job(people: People, console: Console
     assert len(data["throughput"]["buckets"]) == 12
 
     stages = {s["stage"]: s for s in data["stage_durations"]}
+    assert len(stages) == len(data["stage_durations"]) == 5  # one row per stage
     assert list(stages)[:5] == ["validating", "transcoding", "fingerprinting", "storing",
                                 "attaching"]
     assert stages["transcoding"]["count"] >= 1 and stages["transcoding"]["p50_s"] > 0
