@@ -187,7 +187,7 @@ def entry_fragment(upload_id: str) -> Page:
         entry = library.get_entry(session, user.id, upload_id[:40])
     if entry is None:
         abort(404)
-    view = present(entry, is_new=request.args.get("fresh") == "1")
+    view = present(entry, is_new=request.args.get("fresh") == "1" and entry.sound is not None)
     return render_template("library/_entry.html", view=view)
 
 

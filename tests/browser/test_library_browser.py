@@ -72,6 +72,7 @@ def test_a_pushed_track_arrives_live_plays_and_is_deleted(
     expect(refused.locator(".pill-failed")).to_have_text("Not added", timeout=60_000)
     expect(refused.locator(".entry-reason")).to_have_text(
         "The file is not a supported audio format.")
+    expect(refused.locator(".pill-new")).to_have_count(0)  # "new" is for sounds that arrived
     expect(card.locator(".pill-ready")).to_be_visible(timeout=60_000)
     assert page.evaluate("window.soundkitTestNoReload") is True
     assert [e.get_attribute("data-upload-id") for e in
