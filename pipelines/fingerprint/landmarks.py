@@ -22,6 +22,7 @@ the reference's triplets even after degradation.  See ``docs`` in
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -53,7 +54,7 @@ F32 = npt.NDArray[np.float32]
 
 @dataclass(frozen=True)
 class Params:
-    """Density and hash quantisation; one instance for references, one for queries."""
+    """Peak density and triplet fan-out: one instance for references, one for queries."""
 
     peaks_per_second: float
     targets_per_anchor: int
@@ -61,18 +62,9 @@ class Params:
     #: Local-maximum neighbourhood half sizes (frames, bins).
     peak_dt: int = 4
     peak_df: int = 6
-    #: Target zone: later peaks within this many frames and semitones of the anchor.
-    zone_frames: int = 60
-    zone_min_frames: int = 2
-    zone_semitones: float = 15.5
-    #: Quantisation steps.
-    interval_step: float = 1.0  # semitones
-    ratio_bins: int = 12
-    pitch_step: float = 6.0  # semitones of anchor pitch per coarse bin
-    span_base: float = 1.25  # ratio between successive time-span bins
 
 
-REFERENCE = Params(peaks_per_second=9.0, targets_per_anchor=3, probe_edges=False)
+REFERENCE = Params(peaks_per_second=11.0, targets_per_anchor=3, probe_edges=False)
 QUERY = Params(peaks_per_second=14.0, targets_per_anchor=6, probe_edges=True)
 
 
@@ -360,9 +352,9 @@ def _triplets(peaks: Peaks, params: Params) -> tuple[I32, I32, I32]:
     dt = t[jc] - t[:, None]
     valid = (
         inside
-        & (dt >= params.zone_min_frames)
-        & (dt <= params.zone_frames)
-        & (np.abs(p[jc] - p[:, None]) <= params.zone_semitones)
+        & (dt >= LAYOUT.min_gap_frames)
+        & (dt <= LAYOUT.max_span_frames)
+        & (np.abs(p[jc] - p[:, None]) <= LAYOUT.zone_semitones)
     )
     rank = np.cumsum(valid, axis=1)
     chosen = valid & (rank <= params.targets_per_anchor)
@@ -390,81 +382,99 @@ def _triplets(peaks: Peaks, params: Params) -> tuple[I32, I32, I32]:
     return np.concatenate(anchors), np.concatenate(seconds), np.concatenate(thirds)
 
 
-# Hash layout (26 of 32 bits used):
-#   bits 0-5   interval anchor -> second peak, semitones + 31
-#   bits 6-11  interval anchor -> third peak, semitones + 31
-#   bits 12-15 time ratio (t2 - t1) / (t3 - t1), 12 bins
-#   bits 16-19 time span t3 - t1, log bins
-#   bits 20-23 anchor pitch, coarse bins
-#   bits 24-25 which of the three peaks is loudest
-_SHIFT_I1, _SHIFT_I2, _SHIFT_R, _SHIFT_S, _SHIFT_P, _SHIFT_L = 0, 6, 12, 16, 20, 24
+@dataclass(frozen=True)
+class Layout:
+    """How triplet quantities become one 32-bit hash (shared by references and queries).
+
+    Fields, each quantised to a bin and combined in mixed radix:
+
+    * the intervals anchor -> second and anchor -> third peak (semitones),
+    * the time ratio (t2 - t1) / (t3 - t1),
+    * the time span t3 - t1 (log bins),
+    * the anchor's pitch (coarse bins),
+    * the loudness order of the three peaks (one of 6 permutations).
+
+    Intervals and the time ratio do not move when audio is sped up; span and
+    pitch move by log(speed), so their bins are wide and queries probe the
+    neighbouring bin near an edge.
+    """
+
+    interval_step: float = 0.5  # semitones
+    zone_semitones: float = 15.5
+    ratio_bins: int = 16
+    span_base: float = 1.15
+    max_span_frames: int = 60  # target zone: later peaks within this many frames
+    min_gap_frames: int = 2  # ... and at least this many
+    pitch_step: float = 4.0  # semitones
+    #: Probe margins (fraction of a bin) per field, for queries.
+    probe: tuple[float, ...] = (0.2, 0.2, 0.25, 0.2, 0.12, 0.0)
+
+    @property
+    def interval_bins(self) -> int:
+        return 2 * math.ceil(self.zone_semitones / self.interval_step) + 3
+
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        span_bins = math.ceil(math.log(self.max_span_frames + 1) / math.log(self.span_base)) + 1
+        pitch_bins = math.ceil(80.0 / self.pitch_step) + 1
+        return (self.interval_bins, self.interval_bins, self.ratio_bins, span_bins, pitch_bins, 6)
+
+
+LAYOUT = Layout()
+_PERMUTATION = {(0, 1, 2): 0, (0, 2, 1): 1, (1, 0, 2): 2, (1, 2, 0): 3, (2, 0, 1): 4, (2, 1, 0): 5}
 
 
 def _hash_fields(
-    peaks: Peaks, a: I32, b: I32, c: I32, params: Params
-) -> tuple[list[npt.NDArray[np.int64]], list[npt.NDArray[np.float64]]]:
-    """Quantised fields, and each field's continuous value in bin units."""
+    peaks: Peaks, a: I32, b: I32, c: I32, layout: Layout
+) -> list[npt.NDArray[np.float64]]:
+    """Each field's continuous value in bin units (its floor is the bin)."""
     t, p, v = peaks.when.astype(np.float64), peaks.pitch.astype(np.float64), peaks.power
-    i1 = (p[b] - p[a]) / params.interval_step + 31.5
-    i2 = (p[c] - p[a]) / params.interval_step + 31.5
+    centre = layout.interval_bins // 2 + 0.5
+    i1 = (p[b] - p[a]) / layout.interval_step + centre
+    i2 = (p[c] - p[a]) / layout.interval_step + centre
     span = np.maximum(t[c] - t[a], 1.0)
-    ratio = (t[b] - t[a]) / span * params.ratio_bins
-    span_bin = np.log(span) / np.log(params.span_base)
-    pitch_bin = p[a] / params.pitch_step
-    loud = np.argmax(np.stack([v[a], v[b], v[c]]), axis=0).astype(np.float64) + 0.5
-    cont = [i1, i2, ratio, span_bin, pitch_bin, loud]
-    quant = [np.floor(x).astype(np.int64) for x in cont]
-    quant[0] = np.clip(quant[0], 0, 63)
-    quant[1] = np.clip(quant[1], 0, 63)
-    quant[2] = np.clip(quant[2], 0, params.ratio_bins - 1)
-    quant[3] = np.clip(quant[3], 0, 15)
-    quant[4] = np.clip(quant[4], 0, 15)
-    return quant, cont
+    ratio = (t[b] - t[a]) / span * layout.ratio_bins
+    span_bin = np.log(span) / np.log(layout.span_base)
+    pitch_bin = p[a] / layout.pitch_step
+    order = np.argsort(-np.stack([v[a], v[b], v[c]], axis=1), axis=1)
+    code = np.zeros(a.size, dtype=np.float64)
+    for perm, value in _PERMUTATION.items():
+        code[(order == perm).all(axis=1)] = value
+    return [i1, i2, ratio, span_bin, pitch_bin, code + 0.5]
 
 
-def _pack(q: list[npt.NDArray[np.int64]]) -> U32:
-    h = (
-        (q[0] << _SHIFT_I1)
-        | (q[1] << _SHIFT_I2)
-        | (q[2] << _SHIFT_R)
-        | (q[3] << _SHIFT_S)
-        | (q[4] << _SHIFT_P)
-        | (q[5] << _SHIFT_L)
-    )
+def _pack(quant: list[npt.NDArray[np.int64]], sizes: tuple[int, ...]) -> U32:
+    h = np.zeros(quant[0].shape, dtype=np.int64)
+    for q, n in zip(quant, sizes, strict=True):
+        h = h * n + q
     return h.astype(np.uint32)
 
 
-#: Fields a query probes on both sides of a bin edge, with the probe margin in
-#: bin units.  The span and anchor pitch move with speed/tempo/pitch changes;
-#: the intervals jitter with the peaks' measured frequency.
-_PROBE_MARGINS = {3: 0.2, 4: 0.12, 0: 0.2, 1: 0.2, 2: 0.25}
-
-
-def _field_max(f: int, params: Params) -> int:
-    if f == 2:
-        return params.ratio_bins - 1
-    return 15 if f in (3, 4) else 63
-
-
 def _hashes(peaks: Peaks, params: Params) -> tuple[U32, I32]:
+    layout = LAYOUT
     a, b, c = _triplets(peaks, params)
     if a.size == 0:
         return np.zeros(0, np.uint32), np.zeros(0, np.int32)
-    quant, cont = _hash_fields(peaks, a, b, c, params)
-    hashes = [_pack(quant)]
+    sizes = layout.sizes
+    cont = _hash_fields(peaks, a, b, c, layout)
+    quant = [
+        np.clip(np.floor(x).astype(np.int64), 0, n - 1) for x, n in zip(cont, sizes, strict=True)
+    ]
+    hashes = [_pack(quant, sizes)]
     times = [peaks.t[a]]
     if params.probe_edges:
-        for f, margin in _PROBE_MARGINS.items():
+        for f, margin in enumerate(layout.probe):
+            if margin <= 0:
+                continue
             frac = cont[f] - np.floor(cont[f])
             for side, near in ((-1, frac < margin), (1, frac > 1 - margin)):
                 idx = np.nonzero(near)[0]
-                if idx.size == 0:
-                    continue
                 moved = [q[idx] for q in quant]
                 moved[f] = moved[f] + side
-                ok = (moved[f] >= 0) & (moved[f] <= _field_max(f, params))
-                moved = [m[ok] for m in moved]
-                hashes.append(_pack(moved))
+                ok = (moved[f] >= 0) & (moved[f] < sizes[f])
+                if not ok.any():
+                    continue
+                hashes.append(_pack([m[ok] for m in moved], sizes))
                 times.append(peaks.t[a[idx[ok]]])
     return np.concatenate(hashes), np.concatenate(times).astype(np.int32)
 

@@ -287,3 +287,11 @@ def test_adding_again_replaces_the_rows(tracks: dict[int, F32]) -> None:
     empty = Fingerprint(np.zeros(0, np.uint32), np.zeros(0, np.int32), 0.0)
     idx.add(1, empty)
     assert idx.row_count == 0
+
+
+def test_engine_reads_the_pipelines_analysis_pcm_without_resampling() -> None:
+    # The ingest pipeline's analysis PCM is fingerprinted as it is; another
+    # rate would still work (extract resamples) but cost time on every upload.
+    import pipelines
+
+    assert pipelines.ANALYSIS_SAMPLE_RATE == ENGINE_SAMPLE_RATE
