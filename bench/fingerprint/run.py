@@ -1,0 +1,550 @@
+"""The fingerprint benchmark (see /shared/design/FINGERPRINT.md, "How to measure").
+
+1. Corpus: every distinct track of the Debian packages; even positions are the
+   catalog (indexed), odd positions are out of catalog.
+2. Recall: for each catalog track, EXCERPTS excerpts of 22 s at seeded random
+   offsets are degraded with ffmpeg under every condition; clips of 3/5/10/20 s
+   are cut from them at random points, plus whole tracks for a few conditions.
+   A query counts as found when the top match is the right track with a score
+   at or above the engine's SCORE_THRESHOLD; how many of those are also at the
+   true offset (±0.5 s) is reported separately (game music loops, so a clip can
+   rightly match a repeat of itself).
+3. False positives: clips (and whole tracks) of the out-of-catalog half; any
+   match at the threshold is a false positive.
+4. Extraction speed: decode + extract of every track against ``fpcalc -length 0``
+   (whole files both), one file at a time, wall clock, same run.
+5. Query latency (lookup + match, in memory) at 1k/10k/100k indexed tracks,
+   the catalog padded with filler tracks whose hashes are drawn from the real
+   hash distribution at random times.
+6. Index size: rows per minute of audio and bytes at 12 bytes per row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+import zlib
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from bench.fingerprint.corpus import unique_tracks
+from bench.fingerprint.degrade import CACHE, CONDITIONS, Condition, cache_path, decode, degraded
+from pipelines.fingerprint import (
+    ENGINE_SAMPLE_RATE,
+    SCORE_THRESHOLD,
+    Extractor,
+    Fingerprint,
+    Hits,
+    InMemoryIndex,
+    extract,
+    landmarks,
+    match,
+)
+from pipelines.fingerprint.index import lookup_sorted
+
+CLIP_LENGTHS = (3, 5, 10, 20)
+EXCERPT_S = 22.0
+WHOLE_CONDITIONS = ("clean", "mp3 64k", "white 10dB", "speed +3%")
+OFFSET_TOLERANCE_S = 0.5
+ROW_BYTES = 12  # hash int4 + track_id int4 + t int4
+PLOT = Path("var/bench/fingerprint.png")
+
+_INDEX: InMemoryIndex | None = None
+
+
+@dataclass(frozen=True)
+class Query:
+    cond: str
+    length: str  # "3s" ... "whole"
+    track: int  # -1 for out of catalog
+    cache_key: str
+    path: str
+    start: int
+    stop: int
+    truth_offset_s: float
+
+
+@dataclass(frozen=True)
+class Outcome:
+    query: Query
+    found: bool
+    offset_ok: bool  # found, and at the true offset (a looped track may match elsewhere)
+    wrong: bool  # matched another track (catalog queries) / anything (out of catalog)
+    top_score: float
+    extract_ms: float
+    match_ms: float
+
+
+def _pcm_cache(path: Path) -> Path:
+    return CACHE / "pcm" / f"{zlib.crc32(str(path).encode()):08x}.f32"
+
+
+def track_pcm(path: Path) -> npt.NDArray[np.float32]:
+    cache = _pcm_cache(path)
+    if cache.exists():
+        return np.fromfile(cache, dtype=np.float32)
+    pcm = decode(path)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    pcm.tofile(cache)
+    return pcm
+
+
+def _evaluate(q: Query) -> Outcome:
+    assert _INDEX is not None
+    pcm = np.fromfile(q.path, dtype=np.float32)[q.start : q.stop]
+    t0 = time.perf_counter()
+    fp = extract(pcm, ENGINE_SAMPLE_RATE, query=True)
+    t1 = time.perf_counter()
+    matches = match(fp, _INDEX, threshold=-1e9)
+    t2 = time.perf_counter()
+    top = matches[0] if matches else None
+    score = top.score if top else float("-inf")
+    accepted = top is not None and score >= SCORE_THRESHOLD
+    found = bool(accepted and top is not None and top.track_id == q.track)
+    offset_ok = bool(
+        found and top is not None and abs(top.offset_s - q.truth_offset_s) <= OFFSET_TOLERANCE_S
+    )
+    wrong = bool(accepted and top is not None and top.track_id != q.track)
+    return Outcome(q, found, offset_ok, wrong, score, (t1 - t0) * 1e3, (t2 - t1) * 1e3)
+
+
+Job = tuple[int, Path, int, float, Condition]
+
+
+def _plan_catalog(catalog: list[Path], excerpts: int, pool: ThreadPoolExecutor) -> list[Query]:
+    rng = np.random.default_rng(20240601)
+    jobs = []
+    for ti, path in enumerate(catalog):
+        dur = track_pcm(path).size / ENGINE_SAMPLE_RATE
+        for k in range(excerpts):
+            start = float(rng.uniform(0, max(dur - EXCERPT_S, 0.0)))
+            for cond in CONDITIONS:
+                jobs.append((ti, path, k, start, cond))
+        for cond in CONDITIONS:
+            if cond.name in WHOLE_CONDITIONS:
+                jobs.append((ti, path, -1, 0.0, cond))
+
+    def cache_key(path: Path, k: int, start: float) -> str:
+        where = "whole" if k < 0 else str(round(start * 1000))
+        return f"{path.stem}-{zlib.crc32(str(path).encode()):08x}-{where}"
+
+    def make(job: Job) -> tuple[int, int, float, Condition, int]:
+        ti, path, k, start, cond = job
+        pcm = degraded(path, cond, start, None if k < 0 else EXCERPT_S, cache_key(path, k, start))
+        return ti, k, start, cond, pcm.size
+
+    queries: list[Query] = []
+    for ti, k, start, cond, n in pool.map(make, jobs):
+        key = cache_key(catalog[ti], k, start)
+        cache = cache_path(cond, key)
+        if k < 0:
+            queries.append(Query(cond.name, "whole", ti, key, str(cache), 0, n, 0.0))
+            continue
+        qrng = np.random.default_rng(zlib.crc32(f"{key}/{cond.name}".encode()))
+        for length in CLIP_LENGTHS:
+            size = length * ENGINE_SAMPLE_RATE
+            if n < size:
+                continue
+            a = int(qrng.integers(0, n - size + 1))
+            truth = start + a / ENGINE_SAMPLE_RATE * cond.time_scale
+            queries.append(Query(cond.name, f"{length}s", ti, key, str(cache), a, a + size, truth))
+    return queries
+
+
+def _plan_outside(outside: list[Path], per_track: int) -> list[Query]:
+    rng = np.random.default_rng(7)
+    queries = []
+    for path in outside:
+        pcm_path = _pcm_cache(path)
+        n = track_pcm(path).size
+        queries.append(Query("out of catalog", "whole", -1, path.stem, str(pcm_path), 0, n, 0.0))
+        for i in range(per_track):
+            length = CLIP_LENGTHS[i % len(CLIP_LENGTHS)]
+            size = length * ENGINE_SAMPLE_RATE
+            if n < size:
+                continue
+            a = int(rng.integers(0, n - size + 1))
+            queries.append(
+                Query("out of catalog", f"{length}s", -1, path.stem, str(pcm_path), a, a + size, 0)
+            )
+    return queries
+
+
+def _run_queries(queries: list[Query], workers: int) -> list[Outcome]:
+    if workers <= 1:
+        return [_evaluate(q) for q in queries]
+    with mp.get_context("fork").Pool(workers) as pool:
+        return pool.map(_evaluate, queries, chunksize=16)
+
+
+def _decode_and_extract(path: Path) -> tuple[Fingerprint, float]:
+    """What ingest costs when fingerprinting runs beside the decoder.
+
+    ffmpeg decodes to the engine's rate in its own process while the
+    Extractor transforms each piece as it arrives (a reader thread keeps the
+    pipe drained), as a streaming ingest would.
+    """
+    # A short resampling filter: the band above 4.3 kHz is not analysed anyway.
+    cmd = ["ffmpeg", "-v", "error", "-nostdin", "-threads", "1", "-i", str(path), "-vn",
+           "-ac", "1", "-af", f"aresample={ENGINE_SAMPLE_RATE}:filter_size=8:phase_shift=6",
+           "-f", "f32le", "-"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    assert proc.stdout is not None
+    pieces: queue.Queue[bytes] = queue.Queue()
+    stream = proc.stdout
+
+    def reader() -> None:
+        while chunk := stream.read(1 << 18):
+            pieces.put(chunk)
+        pieces.put(b"")
+
+    thread = threading.Thread(target=reader, daemon=True)
+    thread.start()
+    ex = Extractor(ENGINE_SAMPLE_RATE)
+    carry = b""
+    while chunk := pieces.get():
+        data = carry + chunk
+        whole = len(data) // 4 * 4
+        ex.feed(np.frombuffer(data[:whole], dtype=np.float32))
+        carry = data[whole:]
+    thread.join()
+    proc.wait()
+    fp = ex.finish()
+    return fp, fp.duration_s
+
+
+def _speed_vs_fpcalc(tracks: list[Path]) -> dict[str, float]:
+    """Whole files, one at a time: ``fpcalc -length 0`` vs ffmpeg decode + extract."""
+    audio_s = fp_s = ours_s = ours_cpu = fp_cpu = engine_s = 0.0
+    for path in tracks:
+        r0 = os.times()
+        t0 = time.perf_counter()
+        # fpcalc exits 3 on a benign "End of file" decode message; the output is there.
+        done = subprocess.run(["fpcalc", "-length", "0", str(path)], capture_output=True)
+        if b"FINGERPRINT=" not in done.stdout:
+            raise RuntimeError(f"fpcalc failed on {path}: {done.stderr[-300:]!r}")
+        t1 = time.perf_counter()
+        r1 = os.times()
+        _, seconds = _decode_and_extract(path)
+        t2 = time.perf_counter()
+        r2 = os.times()
+        pcm = track_pcm(path)  # the analysis PCM ingest already has
+        t3 = time.perf_counter()
+        extract(pcm, ENGINE_SAMPLE_RATE)
+        engine_s += time.perf_counter() - t3
+        fp_s += t1 - t0
+        ours_s += t2 - t1
+        fp_cpu += (r1.children_user + r1.children_system) - (r0.children_user + r0.children_system)
+        ours_cpu += (r2.children_user + r2.children_system + r2.user + r2.system) - (
+            r1.children_user + r1.children_system + r1.user + r1.system
+        )
+        audio_s += seconds
+    return {
+        "audio_s": audio_s,
+        "fpcalc_x": audio_s / fp_s,
+        "ours_x": audio_s / ours_s,
+        "ratio": fp_s / ours_s,
+        "fpcalc_cpu_x": audio_s / max(fp_cpu, 1e-9),
+        "ours_cpu_x": audio_s / max(ours_cpu, 1e-9),
+        "cpu_ratio": fp_cpu / max(ours_cpu, 1e-9),
+        "engine_x": audio_s / engine_s,
+        "engine_ratio": fp_s / engine_s,
+    }
+
+
+def _chromaprint(path: Path) -> npt.NDArray[np.uint32]:
+    done = subprocess.run(["fpcalc", "-raw", "-length", "60", str(path)], capture_output=True)
+    line = next(ln for ln in done.stdout.decode().splitlines() if ln.startswith("FINGERPRINT="))
+    return np.array([int(x) for x in line.split("=", 1)[1].split(",") if x], dtype=np.uint32)
+
+
+def _ber(a: npt.NDArray[np.uint32], b: npt.NDArray[np.uint32]) -> float:
+    """Chromaprint's comparison: lowest bit error rate over shifts of ±2 s."""
+    best = 1.0
+    for shift in range(-16, 17):
+        x, y = (a[shift:], b) if shift >= 0 else (a, b[-shift:])
+        n = min(x.size, y.size)
+        if n < 40:
+            continue
+        best = min(best, float(np.unpackbits((x[:n] ^ y[:n]).view(np.uint8)).mean()))
+    return best
+
+
+#: Below this chromaprint bit error rate two files are one recording (unrelated
+#: music sits near 0.5; in this corpus the next lowest pair, a silent track, is 0.29).
+SAME_RECORDING_BER = 0.28
+
+
+def _drop_duplicates(catalog: list[Path], outside: list[Path]
+                     ) -> tuple[list[Path], list[str]]:
+    """Out-of-catalog files that chromaprint says are a catalog recording are not 'unrelated'."""
+    prints = {p: _chromaprint(p) for p in catalog + outside}
+    keep, notes = [], []
+    for o in outside:
+        ber, twin = min((_ber(prints[o], prints[c]), c.name) for c in catalog)
+        if ber < SAME_RECORDING_BER:
+            notes.append(f"{o.name} (= {twin}, BER {ber:.2f})")
+        else:
+            keep.append(o)
+    return keep, notes
+
+
+def _synthetic_pool(pcms: list[npt.NDArray[np.float32]], count: int,
+                    rng: np.random.Generator) -> list[npt.NDArray[np.uint32]]:
+    """Reference hashes of made-up tracks with the corpus's statistics.
+
+    Each is the peaks of a real track, transposed, re-timed and jittered (per
+    peak pitch, time and level), then hashed: new interval/ratio combinations
+    with realistic distributions, unlike re-using the corpus's own hashes.
+    """
+    sources = []
+    for pcm in pcms:
+        ex = Extractor(ENGINE_SAMPLE_RATE)
+        ex.feed(pcm)
+        ex._detect(final=True)  # the peaks stage on its own (private on purpose)
+        sources.append(landmarks._peaks(ex._cand, landmarks.REFERENCE))
+    pool = []
+    for _ in range(count):
+        src = sources[int(rng.integers(0, len(sources)))]
+        n = src.t.size
+        if n < 4:
+            continue
+        scale = rng.uniform(0.85, 1.15)
+        when = src.when * scale + rng.normal(0, 1.5, n)
+        order = np.argsort(when, kind="stable")
+        when = when[order].astype(np.float32)
+        pitch = (src.pitch[order] + rng.uniform(-6, 6) + rng.normal(0, 1.0, n)).astype(np.float32)
+        power = (src.power[order] + rng.normal(0, 1.0, n)).astype(np.float32)
+        t = np.maximum(np.rint(when), 0).astype(np.int32)
+        peaks = landmarks.Peaks(t, pitch, power, when)
+        pool.append(landmarks._hashes(peaks, landmarks.REFERENCE)[0])
+    return pool
+
+
+def _filler(pool: list[npt.NDArray[np.uint32]], tracks: int, frames: int,
+            rng: np.random.Generator) -> npt.NDArray[np.uint32]:
+    """Hashes of ``tracks`` filler tracks: pool entries with a random pitch-field shift."""
+    sizes = landmarks.LAYOUT.sizes
+    pitch_unit = sizes[5]
+    pitch_bins = sizes[4]
+    lengths = np.array([p.size for p in pool])
+    picks = rng.integers(0, len(pool), tracks)
+    total = int(lengths[picks].sum())
+    out = np.empty(total, dtype=np.uint32)
+    pos = 0
+    for shift in range(-4, 5):
+        chosen = picks[(np.arange(tracks) % 9) == shift + 4]
+        if chosen.size == 0:
+            continue
+        h = np.concatenate([pool[i] for i in chosen]).astype(np.int64)
+        pitch = (h // pitch_unit) % pitch_bins
+        moved = np.clip(pitch + shift, 0, pitch_bins - 1)
+        h += (moved - pitch) * pitch_unit
+        out[pos : pos + h.size] = h.astype(np.uint32)
+        pos += h.size
+    return out
+
+
+def _latency(real: InMemoryIndex, pool: list[npt.NDArray[np.uint32]], frames: int,
+             query_fps: list[Fingerprint], sizes: tuple[int, ...]
+             ) -> list[tuple[int, int, float, float, float]]:
+    """p50/p95 of lookup + match as filler tracks are added to the real catalog."""
+    rng = np.random.default_rng(3)
+    real_h = np.concatenate([real._tracks[t][0] for t in real._tracks])
+    real_t = np.concatenate([real._tracks[t][1] for t in real._tracks])
+    real_id = np.concatenate([np.full(real._tracks[t][0].size, t, np.int32) for t in real._tracks])
+    order = np.argsort(real_h, kind="stable")
+    real_h, real_t, real_id = real_h[order], real_t[order], real_id[order]
+    out = []
+    for size in sizes:
+        filler = _filler(pool, max(size - len(real), 0), frames, rng)
+        filler.sort()
+        # Filler rows get random track ids and times (they only need to cost
+        # what real rows cost); the real catalog's rows are merged in sorted.
+        at = np.searchsorted(filler, real_h)
+        hashes = np.insert(filler, at, real_h)
+        del filler
+        ids = np.insert(rng.integers(1_000_000, 1_000_000 + size, hashes.size - real_h.size,
+                                     dtype=np.int32), at, real_id)
+        times = np.insert(rng.integers(0, frames, hashes.size - real_h.size, dtype=np.int32),
+                          at, real_t)
+        index = _SortedIndex(hashes, ids, times)
+        match(query_fps[0], index)  # warm up
+        lat = []
+        found = 0
+        for fp in query_fps:
+            t0 = time.perf_counter()
+            m = match(fp, index)
+            lat.append((time.perf_counter() - t0) * 1e3)
+            found += bool(m)
+        out.append((size, int(hashes.size), float(np.percentile(lat, 50)),
+                    float(np.percentile(lat, 95)), found / len(query_fps)))
+        del index, hashes, ids, times
+    return out
+
+
+class _SortedIndex:
+    """Read-only index over hash-sorted arrays, searched by the engine's own lookup."""
+
+    def __init__(self, hashes: np.ndarray, ids: np.ndarray, times: np.ndarray) -> None:
+        self.arrays = (hashes, ids, times)
+
+    def add(self, track_id: int, fp: Fingerprint) -> None:
+        raise NotImplementedError
+
+    def remove(self, track_id: int) -> None:
+        raise NotImplementedError
+
+    def lookup(self, hashes: npt.NDArray[np.uint32]) -> Hits:
+        return lookup_sorted(*self.arrays, hashes)
+
+
+def _table(outcomes: list[Outcome]) -> tuple[dict[tuple[str, str], float], str]:
+    cells: dict[tuple[str, str], list[bool]] = defaultdict(list)
+    for o in outcomes:
+        if o.query.track >= 0:
+            cells[(o.query.cond, o.query.length)].append(o.found)
+    lengths = [f"{n}s" for n in CLIP_LENGTHS] + ["whole"]
+    recall = {k: float(np.mean(v)) for k, v in cells.items()}
+    lines = [f"{'condition':<16}" + "".join(f"{c:>8}" for c in lengths) + "   queries/cell"]
+    for cond in CONDITIONS:
+        row = f"{cond.name:<16}"
+        for c in lengths:
+            row += f"{recall[(cond.name, c)]:>8.3f}" if (cond.name, c) in recall else f"{'-':>8}"
+        n = len(cells.get((cond.name, "10s"), []))
+        lines.append(row + f"   {n}")
+    return recall, "\n".join(lines)
+
+
+def _plot(recall: dict[tuple[str, str], float]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [c.name for c in CONDITIONS]
+    x = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(15, 5.5))
+    width = 0.2
+    for i, length in enumerate(CLIP_LENGTHS):
+        vals = [recall.get((n, f"{length}s"), np.nan) for n in names]
+        ax.bar(x + (i - 1.5) * width, vals, width, label=f"{length} s clips")
+    ax.axhline(0.98, color="k", lw=0.8, ls="--")
+    ax.axhline(0.80, color="grey", lw=0.8, ls=":")
+    ax.set_xticks(x, names, rotation=55, ha="right")
+    ax.set_ylim(0, 1.02)
+    ax.set_ylabel(f"recall (score >= {SCORE_THRESHOLD})")
+    ax.set_title("Fingerprint recall per degradation and clip length")
+    ax.legend(loc="lower left")
+    fig.tight_layout()
+    PLOT.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(PLOT, dpi=110)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.fingerprint", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--excerpts", type=int, default=3, help="excerpts per catalog track")
+    ap.add_argument("--outside-clips", type=int, default=32, help="clips per out-of-catalog track")
+    ap.add_argument("--sizes", default="1000,10000,100000", help="index sizes for latency")
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    args = ap.parse_args(argv)
+    global _INDEX
+    started = time.perf_counter()
+
+    tracks = unique_tracks()
+    catalog, outside = tracks[0::2], tracks[1::2]
+    outside, dupes = _drop_duplicates(catalog, outside)
+    print(f"corpus: {len(tracks)} distinct files, {len(catalog)} catalog, "
+          f"{len(outside)} out of catalog; left out as a copy of a catalog recording "
+          f"(chromaprint): {', '.join(dupes) or 'none'}", flush=True)
+
+    index = InMemoryIndex()
+    rows = 0
+    minutes = 0.0
+    for ti, path in enumerate(catalog):
+        fp = extract(track_pcm(path), ENGINE_SAMPLE_RATE)
+        index.add(ti, fp)
+        rows += len(fp)
+        minutes += fp.duration_s / 60
+    for path in outside:
+        track_pcm(path)
+    _INDEX = index
+    rows_per_min = rows / minutes
+    print(f"index: {rows} rows for {minutes:.1f} min of audio", flush=True)
+
+    with ThreadPoolExecutor(max(args.workers, 1)) as pool:
+        queries = _plan_catalog(catalog, args.excerpts, pool)
+    queries += _plan_outside(outside, args.outside_clips)
+    print(f"queries: {len(queries)} (degraded audio cached under {CACHE}) "
+          f"[{time.perf_counter() - started:.0f} s]", flush=True)
+    outcomes = _run_queries(queries, args.workers)
+    print(f"queries done [{time.perf_counter() - started:.0f} s]", flush=True)
+
+    recall, table = _table(outcomes)
+    outside_o = [o for o in outcomes if o.query.track < 0]
+    fp_count = sum(o.wrong for o in outside_o)
+    wrong_catalog = sum(o.wrong for o in outcomes if o.query.track >= 0)
+    n_catalog = sum(1 for o in outcomes if o.query.track >= 0)
+    ooc_scores = np.array([o.top_score for o in outside_o])
+    ooc_scores = ooc_scores[np.isfinite(ooc_scores)]
+
+    speed = _speed_vs_fpcalc(tracks)
+
+    ten = [o for o in outcomes if o.query.length == "10s" and o.query.track >= 0]
+    lat_rng = np.random.default_rng(5)
+    picked = [ten[i] for i in lat_rng.choice(len(ten), size=min(200, len(ten)), replace=False)]
+    query_fps = [
+        extract(np.fromfile(o.query.path, np.float32)[o.query.start : o.query.stop],
+                ENGINE_SAMPLE_RATE, query=True)
+        for o in picked
+    ]
+    pool = _synthetic_pool([track_pcm(p) for p in tracks], 4000, np.random.default_rng(11))
+    frames = int(minutes * 60 / len(catalog) / (256 / ENGINE_SAMPLE_RATE))
+    sizes = tuple(int(s) for s in args.sizes.split(",") if s)
+    latency = _latency(index, pool, frames, query_fps, sizes)
+    print(f"latency done [{time.perf_counter() - started:.0f} s]", flush=True)
+
+    _plot(recall)
+    ext_ms = np.array([o.extract_ms for o in outcomes if o.query.length == "10s"])
+    print()
+    print(f"RECALL (top match = right track, score >= {SCORE_THRESHOLD})")
+    print(table)
+    found = [o for o in outcomes if o.found]
+    print(f"offset within {OFFSET_TOLERANCE_S} s of the truth: "
+          f"{np.mean([o.offset_ok for o in found]):.4f} of found queries")
+    print()
+    print(f"false positives: {fp_count} / {len(outside_o)} out-of-catalog queries "
+          f"({fp_count / max(len(outside_o), 1):.4f}); highest out-of-catalog score "
+          f"{ooc_scores.max() if ooc_scores.size else float('nan'):.2f}; "
+          f"wrong track on catalog queries: {wrong_catalog} / {n_catalog}")
+    print(f"extraction (whole files, decode included, {speed['audio_s'] / 60:.0f} min of audio): "
+          f"ours {speed['ours_x']:.0f}x real time, fpcalc {speed['fpcalc_x']:.0f}x -> "
+          f"ratio {speed['ratio']:.2f} wall clock; CPU time: ours {speed['ours_cpu_x']:.0f}x, "
+          f"fpcalc {speed['fpcalc_cpu_x']:.0f}x -> ratio {speed['cpu_ratio']:.2f}")
+    print(f"extraction from the analysis PCM (no second decode, as ingest runs it): "
+          f"{speed['engine_x']:.0f}x real time -> ratio {speed['engine_ratio']:.1f} vs fpcalc")
+    print(f"query extraction, 10 s clip: p50 {np.percentile(ext_ms, 50):.1f} ms, "
+          f"p95 {np.percentile(ext_ms, 95):.1f} ms")
+    for size, n_rows, p50, p95, hit in latency:
+        print(f"lookup+match at {size:>6} tracks ({n_rows / 1e6:.0f}M rows, in memory): "
+              f"p50 {p50:.1f} ms, p95 {p95:.1f} ms; 10 s queries matched {hit:.3f}")
+    print(f"index: {rows_per_min:.0f} rows per minute of audio = "
+          f"{rows_per_min * ROW_BYTES / 1000:.1f} kB/min at {ROW_BYTES} bytes per row")
+    print(f"plot: {PLOT}   total time {time.perf_counter() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
