@@ -122,7 +122,8 @@ def live_stack(var_dir: Path, sqlite_template: Path, *, webhook_url: str | None 
     try:
         yield stack
     finally:
-        if stack.worker is not None:
+        if stack.worker is not None:  # nothing left to finish: no need for a warm shutdown
+            stack.worker.kill()
             stack.worker.stop()
         server.shutdown()
         server.server_close()
