@@ -374,11 +374,15 @@ def broadcast_supported(connection: Any) -> bool:
     return kinds is None or "fanout" in kinds
 
 
-def worker_liveness(celery: Any, timeout_s: float = 1.0) -> dict[str, Any]:
+def worker_liveness(celery: Any, timeout_s: float = 1.0, *,
+                    parallel: bool = True) -> dict[str, Any]:
     """Ask every worker, through Celery's remote control, ``ping`` and ``active``.
 
-    Both broadcasts run at once, so the call takes about ``timeout_s``. A worker that
-    does not answer within it is not listed; no answer at all is reported as such.
+    With ``parallel`` both broadcasts run at once, so the call takes about
+    ``timeout_s``. kombu's filesystem transport cannot bind two reply queues at the
+    same moment (a reader can find the exchange file empty), so for it the caller
+    asks one after the other. A worker that does not answer within the timeout is not
+    listed; no answer at all is reported as such.
     """
     with celery.connection_for_read() as connection:
         transport = connection.transport_cls if isinstance(connection.transport_cls, str) \
@@ -394,8 +398,11 @@ def worker_liveness(celery: Any, timeout_s: float = 1.0) -> dict[str, Any]:
         return answer or {}
 
     try:
-        with ThreadPoolExecutor(max_workers=2) as pool:
-            pings, actives = pool.map(ask, ["ping", "active"])
+        if parallel:
+            with ThreadPoolExecutor(max_workers=2) as pool:
+                pings, actives = pool.map(ask, ["ping", "active"])
+        else:
+            pings, actives = ask("ping"), ask("active")
     except Exception as error:
         log.warning("cannot ask the workers: %s", error)
         return {"broadcast": True, "transport": transport, "workers": [],

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import wraps
@@ -51,7 +52,8 @@ Page = str | tuple[str, int] | BaseResponse
 #: How long the console waits for workers to answer a broadcast.
 WORKER_TIMEOUT_S = 1.0
 #: The filesystem transport polls its folders once a second, so answers take longer.
-FILESYSTEM_WORKER_TIMEOUT_S = 2.0
+FILESYSTEM_WORKER_TIMEOUT_S = 1.5
+_filesystem_control = threading.Lock()
 
 
 def init_app(app: Flask) -> None:
@@ -161,9 +163,13 @@ def _workers() -> dict[str, Any]:
     if control is None:
         control = current_app.extensions["soundkit_control"] = make_celery(
             svc.settings, "soundkit.ops")
-    timeout = (FILESYSTEM_WORKER_TIMEOUT_S if svc.settings.uses_embedded_broker
-               else WORKER_TIMEOUT_S)
-    return ops.worker_liveness(control, timeout)
+        if svc.settings.uses_embedded_broker:  # look for replies often, not once a second
+            control.conf.broker_transport_options = {
+                **control.conf.broker_transport_options, "polling_interval": 0.1}
+    if not svc.settings.uses_embedded_broker:
+        return ops.worker_liveness(control, WORKER_TIMEOUT_S)
+    with _filesystem_control:  # its reply queues cannot be bound concurrently
+        return ops.worker_liveness(control, FILESYSTEM_WORKER_TIMEOUT_S, parallel=False)
 
 
 def _read(query: Callable[[Session], Any]) -> Any:

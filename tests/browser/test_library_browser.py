@@ -17,8 +17,8 @@ import requests
 from playwright.sync_api import Browser, Page, Response, expect
 
 from soundkit.models import Sound
-from tests.audio import make_audio
 from tests.web.live import LiveStack, chromium, fits_a_phone, live_stack, screenshot, sign_in
+from tests.web.tunes import make_tune
 
 pytestmark = pytest.mark.browser
 
@@ -44,7 +44,7 @@ def page(browser: Browser) -> Iterator[Page]:
 
 def test_a_pushed_track_arrives_live_plays_and_is_deleted(
         stack: LiveStack, page: Page, tmp_path: Path) -> None:
-    track = make_audio(tmp_path / "night drive.mp3", 8.0, freq=440)
+    track = make_tune(tmp_path / "night drive.mp3", 8.0, seed=41)
     sign_in(page, stack.url, "alice")
     expect(page).to_have_url(f"{stack.url}/library")
     expect(page.locator("#library-empty")).to_be_visible()
@@ -135,7 +135,7 @@ def test_a_pushed_track_arrives_live_plays_and_is_deleted(
 
 def test_the_library_fits_a_phone(stack: LiveStack, browser: Browser, tmp_path: Path) -> None:
     stack.start_worker()
-    upload_id, _ = stack.push(make_audio(tmp_path / "pocket.wav", 6.0, freq=587),
+    upload_id, _ = stack.push(make_tune(tmp_path / "pocket.wav", 6.0, seed=42),
                               "A rather long title for a sound recorded on a phone at night")
     stack.wait_status(upload_id, "IN_LIBRARY")
     context = browser.new_context(viewport={"width": 375, "height": 740}, is_mobile=True,
@@ -150,7 +150,7 @@ def test_the_library_fits_a_phone(stack: LiveStack, browser: Browser, tmp_path: 
 def test_the_request_log_id_is_on_every_worker_log_line_of_the_job(
         stack: LiveStack, tmp_path: Path) -> None:
     worker = stack.start_worker()
-    upload_id, log_id = stack.push(make_audio(tmp_path / "logged.flac", 5.5, freq=659),
+    upload_id, log_id = stack.push(make_tune(tmp_path / "logged.flac", 5.5, seed=43),
                                    "Logged")
     stack.wait_status(upload_id, "IN_LIBRARY")
     lines = []

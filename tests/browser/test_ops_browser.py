@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
-from tests.audio import make_audio
 from tests.integration.stack import free_port, wait_for
 from tests.web.live import LiveStack, chromium, fits_a_phone, live_stack, screenshot, sign_in
+from tests.web.tunes import make_tune
 
 pytestmark = pytest.mark.browser
 
@@ -44,7 +44,7 @@ def page(browser: Browser) -> Iterator[Page]:
 
 def test_an_operator_retries_a_failed_job_and_the_audit_log_shows_it(
         stack: LiveStack, page: Page, tmp_path: Path) -> None:
-    lost, _ = stack.push(make_audio(tmp_path / "lost take.wav", 6.0, freq=370), "Lost Take")
+    lost, _ = stack.push(make_tune(tmp_path / "lost take.wav", 6.0, seed=51), "Lost Take")
     moved = tmp_path / "lost.bytes"
     stack.store.path(f"incoming/{lost}").rename(moved)  # the bytes vanish before a worker runs
     notes = tmp_path / "notes.mp3"

@@ -27,8 +27,8 @@ from soundkit.db import Database
 from soundkit.models import WebhookDelivery, utcnow
 from soundkit.settings import Settings
 from soundkit.storage import LocalStore
-from tests.audio import make_audio
 from tests.conftest import RecordingDispatcher, World
+from tests.web.tunes import make_tune
 from worker import ingest
 from worker.runtime import Runtime
 
@@ -114,7 +114,7 @@ def run_worker(app: Flask, settings: Settings, upload_id: str) -> str:
 
 @pytest.fixture(scope="session")
 def track(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_audio(tmp_path_factory.mktemp("web") / "night drive.mp3", 6.0)
+    return make_tune(tmp_path_factory.mktemp("web") / "night drive.mp3", 6.0, seed=1)
 
 
 @pytest.fixture
@@ -150,13 +150,13 @@ def console(people: People, settings: Settings, make_settings: Callable[..., Set
     refused = push(app, token, notes, "Notes")
     assert run_worker(app, settings, refused) == "done"
 
-    internal = push(app, token, make_audio(tmp_path / "lost.wav", 5.5, freq=330), "Lost")
+    internal = push(app, token, make_tune(tmp_path / "lost.wav", 5.5, seed=11), "Lost")
     (store.path(f"incoming/{internal}")).rename(tmp_path / "lost.bytes")  # the bytes vanish
     assert run_worker(app, make_settings(SOUNDKIT_MAX_ATTEMPTS="1"), internal) == "failed"
     (tmp_path / "lost.bytes").rename(store.path(f"incoming/{internal}"))  # ...and come back
 
-    waiting = push(app, token, make_audio(tmp_path / "wait.wav", 5.5, freq=392), "Waiting")
-    running = push(app, token, make_audio(tmp_path / "run.wav", 5.5, freq=440), "Running")
+    waiting = push(app, token, make_tune(tmp_path / "wait.wav", 5.5, seed=12), "Waiting")
+    running = push(app, token, make_tune(tmp_path / "run.wav", 5.5, seed=13), "Running")
     with db.session() as session:  # a worker holds it, and its lease has already run out
         assert jobs.claim(session, running, "gone-worker:42", 1,
                           now=utcnow() - timedelta(minutes=5)) is not None

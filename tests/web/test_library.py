@@ -20,8 +20,14 @@ from soundkit.db import Database
 from soundkit.models import Notification, Sound, Stage, Upload, utcnow
 from soundkit.settings import Settings
 from soundkit.storage import LocalStore
-from tests.audio import make_audio
-from tests.web.conftest import People, csrf_token, push, run_worker, session_csrf
+from tests.web.conftest import (
+    People,
+    csrf_token,
+    push,
+    run_worker,
+    session_csrf,
+)
+from tests.web.tunes import make_tune
 
 
 @pytest.fixture
@@ -67,7 +73,7 @@ def test_each_state_is_shown_newest_first(people: People, settings: Settings, tr
     failed = push(people.app, people.world.token(), bad_file, "Just Notes")
     assert run_worker(people.app, settings, failed) == "done"  # ended FAILED at validation
     waiting = push(people.app, people.world.token(),
-                   make_audio(track.with_name("waiting.wav"), 5.5, freq=330), "Still Cooking")
+                   make_tune(track.with_name("waiting.wav"), 5.5, seed=21), "Still Cooking")
 
     page = people.creator().get("/library").text
     order = re.findall(r'data-upload-id="(upl_[0-9a-f]+)"', page)
@@ -180,7 +186,7 @@ def test_the_badge_counts_sounds_that_arrived_since_the_last_visit(
     assert '<span class="pill pill-new">' not in browser.get("/library").text
 
     # A sound that arrives while the page is open (and polling) counts as seen.
-    ready_sound(people, settings, make_audio(track.with_name("second.wav"), 5.5, freq=523),
+    ready_sound(people, settings, make_tune(track.with_name("second.wav"), 5.5, seed=22),
                 "Second")
     assert browser.get("/library/api/uploads").status_code == 200
     with db.session() as session:

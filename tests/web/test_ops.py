@@ -25,9 +25,9 @@ from soundkit.models import AuditEntry, Notification, Upload, WebhookDelivery, u
 from soundkit.queue import Dispatcher, make_celery
 from soundkit.settings import Settings
 from soundkit.storage import LocalStore
-from tests.audio import make_audio
 from tests.conftest import RecordingDispatcher
 from tests.web.conftest import Console, People, run_worker, session_csrf
+from tests.web.tunes import make_tune
 
 OPS_TOKEN = "ops-token-for-tests-0123456789abcdef"
 
@@ -360,7 +360,7 @@ def test_console_metrics_and_library_on_postgresql(
         notes.write_bytes(b"not audio\n" * 300)
         refused = push(app, world.token(), notes, "Notes")
         assert run_worker(app, settings, refused) == "done"
-        waiting = push(app, world.token(), make_audio(tmp_path / "w.wav", 5.5, freq=392), "W")
+        waiting = push(app, world.token(), make_tune(tmp_path / "w.wav", 5.5, seed=31), "W")
 
         operator = sign_in(app.test_client(), "olga")
         data = api(operator, "overview")["overview"]
