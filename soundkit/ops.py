@@ -366,8 +366,8 @@ def broadcast_supported(connection: Any) -> bool:
     """Whether the transport can broadcast, which Celery's remote control needs.
 
     kombu's virtual transports say so with ``fanout`` among the exchange types they
-    implement (Redis does; the filesystem transport does since kombu 5.3 through its
-    control folder; some, such as SQS, do not).
+    implement (Redis does; kombu's filesystem transport does, through its control
+    folder; SQS and the SQLAlchemy transport do not).
     """
     implements = getattr(connection.transport, "implements", None)
     kinds = getattr(implements, "exchange_type", None)
