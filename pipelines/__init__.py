@@ -6,6 +6,8 @@ No web framework, task queue or database here; the worker calls:
   :class:`MediaRejected` with a public ``fail_reason``;
 * :func:`process` -- one ffmpeg decode pass writing playback, preview, analysis
   PCM and loudness, then waveform peaks with numpy;
+* :func:`decode_analysis` -- the analysis PCM alone, for audio that is only
+  fingerprinted (catalog registration, identification);
 * :func:`job_workdir` -- the per-job temporary directory, always removed;
 * :func:`load_analysis_pcm` -- the mono float32 analysis signal at
   :data:`ANALYSIS_SAMPLE_RATE`.
@@ -26,7 +28,7 @@ from pipelines.errors import (
 from pipelines.limits import MediaLimits
 from pipelines.loudness import Loudness
 from pipelines.probe import ProbeResult, probe
-from pipelines.transcode import ProcessedMedia, process
+from pipelines.transcode import ProcessedMedia, decode_analysis, process
 from pipelines.workdir import job_workdir
 
 __all__ = [
@@ -42,6 +44,7 @@ __all__ = [
     "ProbeResult",
     "ProcessedMedia",
     "RejectReason",
+    "decode_analysis",
     "job_workdir",
     "load_analysis_pcm",
     "probe",

@@ -192,7 +192,13 @@ def build_command(
         _aac_output(_preview_chain(shared.stream(1), window), out.preview, limits),
         _analysis_output(shared.stream(2), out.analysis_pcm),
     ]
-    command = ffmpeg.merge_outputs(*outputs).global_args(
+    command = ffmpeg.merge_outputs(*outputs).global_args(*_global_args(limits))
+    argv: list[str] = command.compile(cmd=limits.ffmpeg)
+    return argv
+
+
+def _global_args(limits: MediaLimits) -> list[str]:
+    return [
         "-nostdin",
         "-hide_banner",
         "-nostats",
@@ -203,9 +209,38 @@ def build_command(
         "-max_error_rate",
         f"{MAX_ERROR_RATE:g}",
         "-n",
+    ]
+
+
+def decode_analysis(src: Path, probed: ProbeResult, workdir: Path, limits: MediaLimits) -> Path:
+    """Decode ``src`` to the analysis PCM alone; returns the raw float32 file's path.
+
+    For audio that is only fingerprinted, never played (catalog registration,
+    identification): the same pinned input, the same analysis output and the same
+    decoded-duration checks as :func:`process`, without the two AAC encodes and the
+    loudness pass, which cost about ten times the decode. Raises like :func:`process`.
+    """
+    demuxer = _pinned_demuxer(src, probed)
+    out = OutputPaths(Path(tempfile.mkdtemp(prefix="analysis-", dir=workdir)))
+    source = ffmpeg.input(
+        file_url(src),
+        t=f"{limits.max_duration_s + DECODE_MARGIN_S:g}",
+        threads=limits.threads,
+        **input_options(demuxer),
     )
-    argv: list[str] = command.compile(cmd=limits.ffmpeg)
-    return argv
+    command = _analysis_output(source["a:0"], out.analysis_pcm).global_args(
+        *_global_args(limits))
+    run = run_tool(
+        command.compile(cmd=limits.ffmpeg),
+        timeout_s=limits.timeout_s,
+        memory_limit_bytes=limits.memory_limit_bytes,
+    )
+    _check_exit(run)
+    if not out.analysis_pcm.is_file():
+        raise MediaProcessingError(f"ffmpeg did not write {out.analysis_pcm.name}:\n"
+                                   + run.summary())
+    check_decoded_duration(pcm_duration_s(out.analysis_pcm), probed, limits)
+    return out.analysis_pcm
 
 
 def _preview_chain(stream: Any, window: PreviewWindow) -> Any:
