@@ -1,0 +1,249 @@
+"""The fingerprint index in the database, on SQLite and PostgreSQL.
+
+``SqlIndex`` must answer exactly as the engine's in-memory index does (same rows,
+same positions, same too-common-hash cut), find real clips through ``match``, and
+forget a track completely when a catalog track or a sound is deleted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import func, inspect, select
+
+from pipelines.fingerprint import SCORE_THRESHOLD, Fingerprint, InMemoryIndex, extract, match
+from soundkit import fingerprints as fpx
+from soundkit.db import Database
+from soundkit.library import delete_sound
+from soundkit.models import App, FingerprintKind, FingerprintTrack, Sound, fingerprint_hashes
+from soundkit.settings import Settings, load_settings
+from soundkit.storage import open_store
+from tests.conftest import SECRET, World, build_world
+from tests.music import SR, melody
+
+U32 = np.uint32
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def index_db(request: pytest.FixtureRequest) -> Iterator[Database]:
+    """A migrated database of each kind (PostgreSQL is emptied after the test)."""
+    url = (request.getfixturevalue("settings").database_url if request.param == "sqlite"
+           else request.getfixturevalue("pg_db_url"))
+    database = Database(url)
+    yield database
+    database.dispose()
+
+
+def random_track(rng: np.random.Generator, rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows over the whole uint32 range (the top bit set half the time) and a small pool,
+    so that some hashes repeat within and across tracks."""
+    pool = rng.integers(0, 2**32, 300, dtype=np.uint64).astype(U32)
+    hashes = np.where(rng.random(rows) < 0.5, rng.choice(pool, rows),
+                      rng.integers(0, 2**32, rows, dtype=np.uint64).astype(U32)).astype(U32)
+    times = rng.integers(0, 5000, rows).astype(np.int32)
+    return hashes, times
+
+
+def triples(hits: object) -> list[tuple[int, int, int]]:
+    return sorted(zip(hits.query_pos.tolist(), hits.track_ids.tolist(),  # type: ignore[attr-defined]
+                      hits.times.tolist(), strict=True))  # type: ignore[attr-defined]
+
+
+def row_count(db: Database, track_id: int | None = None) -> int:
+    query = select(func.count()).select_from(fingerprint_hashes)
+    if track_id is not None:
+        query = query.where(fingerprint_hashes.c.track_id == track_id)
+    with db.engine.connect() as conn:
+        return int(conn.execute(query).scalar_one())
+
+
+def test_lookup_answers_like_the_in_memory_index(index_db: Database) -> None:
+    rng = np.random.default_rng(7)
+    memory = InMemoryIndex(max_postings=5)
+    tracks = {track_id: random_track(rng, 400) for track_id in range(1, 9)}
+    with index_db.engine.begin() as conn:
+        index = fpx.SqlIndex(conn, max_postings=5)
+        assert index.bulk_add((i, h, t) for i, (h, t) in tracks.items()) == 8 * 400
+    for track_id, (hashes, times) in tracks.items():
+        memory.add_arrays(track_id, hashes, times)
+    # Stored hashes (some asked twice), common ones (cut above 5 rows) and strangers.
+    query = np.concatenate([tracks[3][0][:150], tracks[3][0][:20], tracks[6][0][-50:],
+                            rng.integers(0, 2**32, 100, dtype=np.uint64).astype(U32)])
+    with index_db.engine.connect() as conn:
+        found = fpx.SqlIndex(conn, max_postings=5).lookup(query)
+    expected = memory.lookup(query)
+    assert len(expected) > 150
+    assert triples(found) == triples(expected)
+    assert found.track_ids.dtype == np.int32 and found.times.dtype == np.int32
+    assert int(found.query_pos.max()) < query.size
+
+
+def test_too_common_hashes_are_left_out(index_db: Database) -> None:
+    common, rare = U32(0xFFFF_FFF0), U32(12345)
+    with index_db.engine.begin() as conn:
+        index = fpx.SqlIndex(conn, max_postings=3)
+        for track_id in range(1, 5):  # 4 rows of ``common``, 3 of ``rare``
+            hashes = np.array([common, rare if track_id < 4 else U32(1)], dtype=U32)
+            index.add_arrays(track_id, hashes, np.array([10, 20], dtype=np.int32))
+        hits = index.lookup(np.array([common, rare], dtype=U32))
+    assert sorted(hits.track_ids.tolist()) == [1, 2, 3]
+    assert set(hits.query_pos.tolist()) == {1}
+
+
+def test_add_replaces_and_remove_forgets_one_track(index_db: Database) -> None:
+    rng = np.random.default_rng(3)
+    with index_db.session() as session:
+        registered = FingerprintTrack(kind=FingerprintKind.CATALOG)
+        session.add(registered)
+        session.flush()
+        index = fpx.SqlIndex(session)
+        first, times = random_track(rng, 300)
+        index.add_arrays(registered.id, first, times)
+        second, times2 = random_track(rng, 200)
+        index.add_arrays(registered.id, second, times2)  # replaces the first rows
+        index.bulk_add([(9999, first, times)])  # an unregistered neighbour sharing hashes
+        track_id = registered.id
+    assert row_count(index_db, track_id) == 200
+    with index_db.session() as session:
+        stored = session.get(FingerprintTrack, track_id)
+        assert stored is not None and stored.hash_list is not None
+        assert stored.hash_count == 200
+        assert np.array_equal(fpx.decode_hash_list(stored.hash_list), np.unique(second))
+        fpx.SqlIndex(session).remove(track_id)  # through the hash index
+    assert row_count(index_db, track_id) == 0
+    assert row_count(index_db, 9999) == 300
+    with index_db.session() as session:
+        fpx.SqlIndex(session).remove(9999)  # no hash list: a scan, same result
+        fpx.SqlIndex(session).remove(424242)  # nothing there: no error
+    assert row_count(index_db) == 0
+
+
+def test_a_clip_is_found_through_the_database(index_db: Database) -> None:
+    tracks = {seed: melody(seed, 30.0) for seed in (21, 22, 23)}
+    with index_db.session() as session:
+        ids = {}
+        for seed, pcm in tracks.items():
+            track = FingerprintTrack(kind=FingerprintKind.CATALOG)
+            session.add(track)
+            session.flush()
+            fpx.SqlIndex(session).add(track.id, extract(pcm, SR))
+            ids[seed] = track.id
+    with index_db.engine.connect() as conn:
+        index = fpx.SqlIndex(conn)
+        clip = tracks[22][int(12.5 * SR):int(20.5 * SR)]
+        found = match(extract(clip, SR, query=True), index)
+        assert [m.track_id for m in found] == [ids[22]]
+        assert found[0].score >= SCORE_THRESHOLD
+        assert found[0].offset_s == pytest.approx(12.5, abs=0.05)
+        stranger = melody(99, 10.0)
+        assert match(extract(stranger, SR, query=True), index) == []
+
+
+def test_catalog_tracks_and_deleted_sounds_take_their_hashes_away(
+        index_db: Database, tmp_path: Path) -> None:
+    fp = extract(melody(31, 20.0), SR)
+    with index_db.session() as session:
+        track = fpx.add_catalog_track(session, title="Song", rights_holder="Label",
+                                      sha256="a" * 64, fp=fp, duration_s=20.0)
+        catalog_id = track.id
+    with index_db.session() as session:
+        [entry] = fpx.list_catalog(session)
+        assert (entry.track.title, entry.hash_count) == ("Song", len(fp))
+    assert row_count(index_db) == len(fp)
+    with index_db.session() as session:
+        assert fpx.remove_catalog_track(session, catalog_id) is not None
+        assert fpx.remove_catalog_track(session, catalog_id + 1000) is None
+    assert row_count(index_db) == 0
+
+    world = build_world(index_db, _settings_for(index_db, tmp_path))
+    sound_id = _sound(index_db, world)
+    with index_db.session() as session:
+        fpx.index_sound(session, sound_id, fp)
+    assert row_count(index_db) == len(fp)
+    store = open_store(world.settings)
+    with index_db.session() as session:
+        assert delete_sound(session, store, sound_id) is not None  # the library's one way
+    assert row_count(index_db) == 0
+    with index_db.session() as session:
+        assert session.scalars(select(FingerprintTrack)).all() == []
+
+
+def test_a_sound_removed_behind_the_librarys_back_is_never_reported(
+        index_db: Database, tmp_path: Path) -> None:
+    world = build_world(index_db, _settings_for(index_db, tmp_path))
+    pcm = melody(41, 20.0)
+    sound_id = _sound(index_db, world)
+    with index_db.session() as session:
+        fpx.index_sound(session, sound_id, extract(pcm, SR))
+    query = extract(pcm[5 * SR:15 * SR], SR, query=True)
+    with index_db.session() as session:
+        [found] = fpx.identify(session, query)
+        assert (found.kind, found.id, found.owner_id) == ("sound", sound_id, world.creator.id)
+        assert fpx.identify(session, query, exclude_sound_id=sound_id) == []
+        session.delete(session.get(Sound, sound_id))  # e.g. a cascade from elsewhere
+    with index_db.session() as session:
+        assert fpx.identify(session, query) == []
+        orphan = session.scalars(select(FingerprintTrack)).one()
+        assert orphan.sound_id is None  # kept, with its hash list, so it can be cleaned
+
+
+def test_hash_list_is_small_and_exact() -> None:
+    hashes = extract(melody(51, 60.0), SR).hashes
+    blob = fpx.encode_hash_list(hashes)
+    assert np.array_equal(fpx.decode_hash_list(blob), np.unique(hashes))
+    assert len(blob) < 3.5 * np.unique(hashes).size  # well under the 12 bytes of a row
+
+
+def test_bytes_per_minute_are_measured(index_db: Database) -> None:
+    minutes = 3.0
+    fp = extract(melody(61, 60.0 * minutes), SR)
+    with index_db.engine.connect() as conn:
+        empty = fpx.index_size_bytes(conn)
+    with index_db.session() as session:
+        for seed in range(8):  # 8 tracks of 3 minutes: 24 minutes of audio
+            track = FingerprintTrack(kind=FingerprintKind.CATALOG)
+            session.add(track)
+            session.flush()
+            fpx.SqlIndex(session).add(track.id, fp if seed == 0 else Fingerprint(
+                fp.hashes ^ U32(seed * 2654435761 % 2**32), fp.times, fp.duration_s))
+    with index_db.engine.connect() as conn:
+        grown = fpx.index_size_bytes(conn) - empty
+    per_minute = grown / (8 * minutes)
+    print(f"{index_db.engine.dialect.name}: {len(fp) / minutes:.0f} rows and "
+          f"{per_minute / 1000:.1f} kB per minute of audio")
+    assert 12 * len(fp) / minutes < per_minute  # at least the rows' own bytes
+
+
+def _settings_for(db: Database, tmp_path: Path) -> Settings:
+    return load_settings({"SOUNDKIT_VAR_DIR": str(tmp_path / "var"), "DATABASE_URL": db.url,
+                          "SOUNDKIT_SECRET_KEY": SECRET})
+
+
+def _sound(db: Database, world: World) -> str:
+    with db.session() as session:
+        app_id = session.scalar(select(App.id).where(App.client_key == world.client_key))
+        assert app_id is not None
+        sound = Sound(id="snd_" + "1" * 24, owner_id=world.creator.id, app_id=app_id,
+                      upload_id="upl_" + "1" * 24, title="Mine", duration_ms=20000,
+                      sample_rate=44100, channels=2, source_codec="flac", original_key="a",
+                      playback_key="b", preview_key="c", waveform_key="d", sha256="e" * 64)
+        session.add(sound)
+        return sound.id
+
+
+def test_benchmark_filler_and_latency_helpers(index_db: Database) -> None:
+    pcm = melody(81, 20.0)
+    with index_db.engine.begin() as conn:
+        assert fpx.fill_synthetic(conn, 60, rows_per_track=500) == 60 * 500
+        fpx.SqlIndex(conn).add(7, extract(pcm, SR))
+    assert row_count(index_db) >= 60 * 500
+    with index_db.engine.connect() as conn:
+        indexes = inspect(conn).get_indexes(fingerprint_hashes.name)
+        assert [i["column_names"] for i in indexes] == [["hash"]]  # rebuilt after the load
+        query = extract(pcm[4 * SR:12 * SR], SR, query=True)
+        assert [m.track_id for m in match(query, fpx.SqlIndex(conn))] == [7]
+        seconds = fpx.lookup_latencies(conn, [query, query])
+    assert len(seconds) == 2 and all(s > 0 for s in seconds)
