@@ -212,6 +212,125 @@ def push(file: Path, token: str, title: str | None, api_url: str | None,
         sys.exit(1)
 
 
+#: Files taken from a directory given to ``catalog add`` (a file named explicitly is
+#: always tried): anything else there (cover art, playlists, notes) is not audio.
+AUDIO_SUFFIXES = frozenset({".mp3", ".m4a", ".mp4", ".aac", ".flac", ".wav", ".ogg", ".oga",
+                            ".opus", ".aif", ".aiff"})
+
+
+def _audio_files(paths: tuple[Path, ...]) -> list[Path]:
+    found: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found += sorted(p for p in path.rglob("*")
+                            if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES
+                            and not any(part.startswith(".") for part in p.relative_to(path).parts))
+        else:
+            found.append(path)
+    return list(dict.fromkeys(found))
+
+
+@main.group()
+def catalog() -> None:
+    """Protected catalog tracks: uploads that match one end copyright_match."""
+
+
+@catalog.command("add")
+@click.argument("paths", nargs=-1, required=True,
+                type=click.Path(exists=True, path_type=Path))
+@click.option("--rights-holder", required=True, help="Who owns the tracks (shown to operators).")
+@click.option("--jobs", default=2, show_default=True, type=click.IntRange(1, 16),
+              help="Files decoded and fingerprinted at once.")
+def catalog_add(paths: tuple[Path, ...], rights_holder: str, jobs: int) -> None:
+    """Register files, or every audio file under directories, as protected tracks.
+
+    Each file is validated and decoded like an upload, fingerprinted and indexed.
+    Files already registered (same SHA-256) are skipped; a file that fails is
+    reported and the others carry on. Prints a JSON summary; exits 1 if any failed.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tqdm import tqdm
+
+    from soundkit import fingerprints as fpx
+
+    holder = rights_holder.strip()
+    if not holder or len(holder) > 200:
+        raise click.ClickException("--rights-holder must be 1 to 200 characters")
+    files = _audio_files(paths)
+    if not files:
+        raise click.ClickException("no audio files found in the paths given")
+    settings = _settings()
+    limits = fpx.file_limits(settings)
+    database = Database(settings.database_url)
+    with database.session() as session:
+        known = fpx.catalog_hashes(session)
+    summary: dict[str, list[dict[str, Any]]] = {"added": [], "skipped": [], "failed": []}
+
+    def prepare(path: Path) -> fpx.Prepared:
+        return fpx.prepare_catalog_file(path, limits, known)
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool, \
+            tqdm(total=len(files), unit="file", file=sys.stderr, disable=None) as bar:
+        for prepared in pool.map(prepare, files):
+            outcome, entry = fpx.register_prepared(database, prepared, holder, known)
+            summary[outcome].append(entry)
+            bar.update(1)
+    if summary["added"]:
+        with database.session() as session:
+            fpx.refresh_statistics(session)
+    database.dispose()
+    _print_json({"added": len(summary["added"]), "skipped": len(summary["skipped"]),
+                 "failed": len(summary["failed"]), **{f"{k}_files": v
+                                                     for k, v in summary.items()}})
+    if summary["failed"]:
+        sys.exit(1)
+
+
+@catalog.command("list")
+def catalog_list() -> None:
+    """Every catalog track as JSON."""
+    from soundkit import fingerprints as fpx
+
+    with _db().session() as session:
+        _print_json([{"id": e.track.id, "title": e.track.title,
+                      "rights_holder": e.track.rights_holder, "duration_s": e.track.duration_s,
+                      "hashes": e.hash_count, "sha256": e.track.sha256,
+                      "source_name": e.track.source_name,
+                      "created_at": e.track.created_at.isoformat()}
+                     for e in fpx.list_catalog(session)])
+
+
+@catalog.command("remove")
+@click.argument("track_id", type=int)
+def catalog_remove(track_id: int) -> None:
+    """Delete a catalog track and its fingerprint."""
+    from soundkit import fingerprints as fpx
+
+    with _db().session() as session:
+        removed = fpx.remove_catalog_track(session, track_id)
+        if removed is None:
+            raise click.ClickException(f"no catalog track {track_id}")
+        _print_json({"removed": removed.id, "title": removed.title})
+
+
+@main.command("identify")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def identify(file: Path) -> None:
+    """Which catalog tracks and sounds FILE matches, best first, as JSON."""
+    from pipelines import MediaProcessingError, MediaRejected
+    from soundkit import fingerprints as fpx
+
+    settings = _settings()
+    try:
+        analysed = fpx.analyse_file(file, fpx.file_limits(settings), query=True)
+    except (MediaRejected, MediaProcessingError) as error:
+        raise click.ClickException(f"{file}: {error}") from None
+    with Database(settings.database_url).session() as session:
+        found = fpx.identify(session, analysed.fingerprint)
+    _print_json([item.as_json() for item in found])
+
+
 @main.command("run")
 def run() -> None:
     """Set up and start api, worker and beat on the current settings (``make run``)."""
