@@ -79,6 +79,14 @@ SETTINGS: tuple[Setting, ...] = (
             "for this long"),
     Setting("SOUNDKIT_WORKER_CONCURRENCY", "2", "Worker processes started by `soundkit run`"),
     Setting("SOUNDKIT_LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR"),
+    Setting("SOUNDKIT_POLICY_COPYRIGHT", "block", "An upload matching a protected catalog "
+            "track: block (FAILED copyright_match), flag (accepted, the match kept on the "
+            "upload for operators) or allow"),
+    Setting("SOUNDKIT_POLICY_DUPLICATE_OTHER", "block", "An upload matching a sound in another "
+            "creator's library: block (FAILED duplicate_sound), flag or allow"),
+    Setting("SOUNDKIT_POLICY_DUPLICATE_OWN", "block", "An upload matching a sound already in "
+            "the same creator's library: block (FAILED duplicate_sound, with that sound_id), "
+            "flag or allow"),
     Setting("SOUNDKIT_OPS_TOKEN", "(none)", "Bearer token that opens /metrics and the read-only "
             "/ops/api/ to scrapers and scripts (at least 32 characters); without it only a "
             "signed-in operator can read them"),
@@ -121,6 +129,9 @@ class Settings:
     worker_concurrency: int
     log_level: str
     ops_token: str | None = None
+    policy_copyright: str = "block"
+    policy_duplicate_other: str = "block"
+    policy_duplicate_own: str = "block"
     prometheus_multiproc_dir: Path | None = None
 
     @property
@@ -233,6 +244,17 @@ def _log_level(raw: str) -> str:
     return level
 
 
+#: What a fingerprint policy rule may do with a matching upload.
+POLICY_ACTIONS = ("block", "flag", "allow")
+
+
+def _policy(env: Mapping[str, str], name: str) -> str:
+    action = env.get(name, "").strip().lower() or "block"
+    if action not in POLICY_ACTIONS:
+        raise SettingsError(f"{name}: expected block, flag or allow, got {action!r}")
+    return action
+
+
 def _ops_token(raw: str) -> str | None:
     token = raw.strip()
     if token and len(token) < 32:
@@ -316,5 +338,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         worker_concurrency=_int(env, "SOUNDKIT_WORKER_CONCURRENCY", 2, minimum=1),
         log_level=_log_level(env.get("SOUNDKIT_LOG_LEVEL", "")),
         ops_token=_ops_token(env.get("SOUNDKIT_OPS_TOKEN", "")),
+        policy_copyright=_policy(env, "SOUNDKIT_POLICY_COPYRIGHT"),
+        policy_duplicate_other=_policy(env, "SOUNDKIT_POLICY_DUPLICATE_OTHER"),
+        policy_duplicate_own=_policy(env, "SOUNDKIT_POLICY_DUPLICATE_OWN"),
         prometheus_multiproc_dir=_multiproc_dir(env.get("PROMETHEUS_MULTIPROC_DIR", "")),
     )

@@ -21,7 +21,7 @@ from soundkit.queue import (
     make_celery,
 )
 from soundkit.settings import load_settings
-from worker import ingest
+from worker import fingerprinting, ingest
 from worker.base import SoundkitTask
 from worker.runtime import runtime
 
@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 _settings = load_settings()
 celery = make_celery(_settings, "soundkit.worker")
+ingest.set_policy_factory(fingerprinting.policy_factory)
 
 #: Uploads whose bytes stopped arriving this long ago are given up.
 ABANDONED_UPLOAD_S = 3600.0
