@@ -182,7 +182,11 @@ class SqlIndex:
                     hash_list=encode_hash_list(np.asarray(hashes, dtype=np.uint32))))
 
     def bulk_add(self, tracks: Iterable[tuple[int, U32, I32]]) -> int:
-        """Append the rows of many tracks at once; returns the number of rows written."""
+        """Append the rows of many tracks at once; returns the number of rows written.
+
+        Nothing is replaced and no hash list is kept: meant for ids that are not
+        registered in ``fingerprint_tracks`` (benchmark filler), or for ``add``.
+        """
         written = 0
         batch: list[tuple[int, U32, I32]] = []
         size = 0
@@ -226,15 +230,19 @@ class SqlIndex:
         """Forget every row of ``track_id`` (no error if it has none).
 
         A registered track's rows are found through the ``hash`` index from its
-        hash list; rows of an unregistered id (synthetic filler) need a table scan.
+        hash list (a registered track without one was never indexed: nothing to
+        do). Rows of an id that is not registered at all (``bulk_add`` filler)
+        can only be found by scanning the table.
         """
-        blob = self._conn.execute(select(FingerprintTrack.hash_list)
-                                  .where(FingerprintTrack.id == track_id)).scalar()
-        table = fingerprint_hashes
-        if blob is None:
+        row = self._conn.execute(select(FingerprintTrack.id, FingerprintTrack.hash_list)
+                                 .where(FingerprintTrack.id == track_id)).first()
+        if row is None:
+            table = fingerprint_hashes
             self._conn.execute(delete(table).where(table.c.track_id == track_id))
             return
-        signed = _as_signed(decode_hash_list(blob)).tolist()
+        if row.hash_list is None:
+            return
+        signed = _as_signed(decode_hash_list(row.hash_list)).tolist()
         if self.is_postgresql:
             self._conn.exec_driver_sql(
                 f"DELETE FROM {_TABLE} WHERE track_id = %(track)s "  # noqa: S608

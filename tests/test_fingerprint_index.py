@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sqlalchemy import func, inspect, select
+from sqlalchemy import event, func, inspect, select
 
 from pipelines.fingerprint import SCORE_THRESHOLD, Fingerprint, InMemoryIndex, extract, match
 from soundkit import fingerprints as fpx
@@ -247,3 +247,27 @@ def test_benchmark_filler_and_latency_helpers(index_db: Database) -> None:
         assert [m.track_id for m in match(query, fpx.SqlIndex(conn))] == [7]
         seconds = fpx.lookup_latencies(conn, [query, query])
     assert len(seconds) == 2 and all(s > 0 for s in seconds)
+
+
+def test_indexing_and_forgetting_a_track_never_scans_the_rows(index_db: Database) -> None:
+    """Deletes go through the ``hash`` index: a ``track_id``-only delete would read every row."""
+    statements: list[str] = []
+
+    def record(conn: object, cursor: object, statement: str, *args: object) -> None:
+        if "fingerprint_hashes" in statement and statement.lstrip().upper().startswith("DELETE"):
+            statements.append(" ".join(statement.split()))
+
+    event.listen(index_db.engine, "before_cursor_execute", record)
+    try:
+        fp = extract(melody(91, 12.0), SR)
+        with index_db.session() as session:
+            track = fpx.add_catalog_track(session, title="T", rights_holder="R",
+                                          sha256="f" * 64, fp=fp, duration_s=12.0)
+        assert statements == []  # a new track has nothing to delete
+        with index_db.session() as session:
+            fpx.remove_catalog_track(session, track.id)
+    finally:
+        event.remove(index_db.engine, "before_cursor_execute", record)
+    assert statements and all("hash" in s.split("WHERE", 1)[1].replace("track_id", "")
+                              for s in statements), statements
+    assert row_count(index_db) == 0
