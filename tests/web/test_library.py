@@ -8,18 +8,21 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from flask import Flask
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
 from soundkit import jobs, library
 from soundkit.db import Database
 from soundkit.models import Notification, Sound, Stage, Upload, utcnow
 from soundkit.settings import Settings
 from soundkit.storage import LocalStore
+from tests.integration.stack import ROOT
 from tests.web.conftest import (
     People,
     csrf_token,
@@ -320,3 +323,45 @@ def test_the_stored_waveform_is_read_once(people: People, settings: Settings, tr
     with db.session() as session:
         session.execute(update(Sound).values(waveform_key=f"sounds/{sound.id}/missing.json"))
     assert '<svg class="waveform"' not in browser.get("/library").text  # drawn without it
+
+
+def test_every_process_runs_the_fingerprint_hook_without_importing_it_first() -> None:
+    """The api never imports the fingerprint index; deleting a sound must still forget it."""
+    code = ("import sys, api, soundkit.library as library\n"
+            "assert 'soundkit.fingerprints' not in sys.modules\n"
+            "print(sorted(f'{h.__module__}.{h.__name__}' for h in library._hooks()))")
+    found = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                           text=True, timeout=60)
+    assert found.returncode == 0, found.stderr
+    assert "soundkit.fingerprints." in found.stdout
+
+
+def test_deleting_in_the_library_removes_the_fingerprint_rows(
+        people: People, settings: Settings, track: Path, db: Database) -> None:
+    from soundkit.models import FingerprintTrack, fingerprint_hashes
+    from worker import fingerprinting, ingest
+
+    previous = ingest._policy_factory
+    ingest.set_policy_factory(fingerprinting.policy_factory)  # what worker.app installs
+    try:
+        upload_id = ready_sound(people, settings, track, "Night Drive")
+    finally:
+        ingest.set_policy_factory(previous)
+
+    def rows(track_id: int) -> int:
+        with db.session() as session:
+            return int(session.scalar(select(func.count()).select_from(fingerprint_hashes)
+                                      .where(fingerprint_hashes.c.track_id == track_id)) or 0)
+
+    with db.session() as session:
+        sound_id = session.scalars(select(Sound.id).where(Sound.upload_id == upload_id)).one()
+        indexed = session.scalars(select(FingerprintTrack.id).where(
+            FingerprintTrack.sound_id == sound_id)).one()
+    assert rows(indexed) > 100
+    browser = people.creator()
+    done = browser.post(f"/library/sounds/{sound_id}/delete",
+                        data={"csrf_token": session_csrf(browser)})
+    assert done.status_code == 302
+    with db.session() as session:
+        assert session.get(FingerprintTrack, indexed) is None
+    assert rows(indexed) == 0
