@@ -22,6 +22,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing as mp
 import os
 import queue
@@ -39,7 +40,14 @@ import numpy as np
 import numpy.typing as npt
 
 from bench.fingerprint.corpus import unique_tracks
-from bench.fingerprint.degrade import CACHE, CONDITIONS, Condition, cache_path, decode, degraded
+from bench.fingerprint.degrade import (
+    CACHE,
+    CONDITIONS,
+    Condition,
+    cache_path,
+    decode,
+    degrade_all,
+)
 from pipelines.fingerprint import (
     ENGINE_SAMPLE_RATE,
     SCORE_THRESHOLD,
@@ -136,18 +144,23 @@ def _plan_catalog(catalog: list[Path], excerpts: int, pool: ThreadPoolExecutor) 
                 jobs.append((ti, path, -1, 0.0, cond))
 
     def cache_key(path: Path, k: int, start: float) -> str:
-        where = "whole" if k < 0 else str(round(start * 1000))
+        where = "whole" if k < 0 else f"{k}-{round(start * 1000)}"
         return f"{path.stem}-{zlib.crc32(str(path).encode()):08x}-{where}"
 
-    def make(job: Job) -> tuple[int, int, float, Condition, int]:
-        ti, path, k, start, cond = job
-        pcm = degraded(path, cond, start, None if k < 0 else EXCERPT_S, cache_key(path, k, start))
-        return ti, k, start, cond, pcm.size
+    def make(excerpt: tuple[int, Path, int, float, tuple[Condition, ...]]) -> None:
+        _, path, k, start, conds = excerpt
+        degrade_all(path, start, None if k < 0 else EXCERPT_S, cache_key(path, k, start), conds)
 
+    excerpts: dict[tuple[int, int], list[Job]] = defaultdict(list)
+    for job in jobs:
+        excerpts[(job[0], job[2])].append(job)
+    list(pool.map(make, [(ti, js[0][1], k, js[0][3], tuple(j[4] for j in js))
+                         for (ti, k), js in excerpts.items()]))
     queries: list[Query] = []
-    for ti, k, start, cond, n in pool.map(make, jobs):
+    for ti, _, k, start, cond in jobs:
         key = cache_key(catalog[ti], k, start)
         cache = cache_path(cond, key)
+        n = cache.stat().st_size // 4
         if k < 0:
             queries.append(Query(cond.name, "whole", ti, key, str(cache), 0, n, 0.0))
             continue
@@ -358,7 +371,7 @@ def _filler(pool: list[npt.NDArray[np.uint32]], tracks: int, frames: int,
 
 def _latency(real: InMemoryIndex, pool: list[npt.NDArray[np.uint32]], frames: int,
              query_fps: list[Fingerprint], sizes: tuple[int, ...]
-             ) -> list[tuple[int, int, float, float, float]]:
+             ) -> list[tuple[int, int, float, float, float, float]]:
     """p50/p95 of lookup + match as filler tracks are added to the real catalog."""
     rng = np.random.default_rng(3)
     real_h = np.concatenate([real._tracks[t][0] for t in real._tracks])
@@ -388,8 +401,9 @@ def _latency(real: InMemoryIndex, pool: list[npt.NDArray[np.uint32]], frames: in
             m = match(fp, index)
             lat.append((time.perf_counter() - t0) * 1e3)
             found += bool(m)
+        rows = float(np.mean([len(index.lookup(fp.hashes)) for fp in query_fps]))
         out.append((size, int(hashes.size), float(np.percentile(lat, 50)),
-                    float(np.percentile(lat, 95)), found / len(query_fps)))
+                    float(np.percentile(lat, 95)), found / len(query_fps), rows))
         del index, hashes, ids, times
     return out
 
@@ -425,6 +439,34 @@ def _table(outcomes: list[Outcome]) -> tuple[dict[tuple[str, str], float], str]:
         n = len(cells.get((cond.name, "10s"), []))
         lines.append(row + f"   {n}")
     return recall, "\n".join(lines)
+
+
+def _threshold_sweep(outcomes: list[Outcome]) -> str:
+    """How recall and false positives trade as a policy raises the bar."""
+    inside = [o for o in outcomes if o.query.track >= 0]
+    outside = [o for o in outcomes if o.query.track < 0]
+    parts = []
+    for thr in (SCORE_THRESHOLD, 10.0, 12.0, 15.0):
+        def hit(o: Outcome, thr: float = thr) -> bool:
+            return o.top_score >= thr
+
+        r5 = np.mean([hit(o) and o.found for o in inside if o.query.length == "5s"])
+        r10 = np.mean([hit(o) and o.found for o in inside if o.query.length == "10s"])
+        fp = sum(hit(o) for o in outside)
+        parts.append(f"score >= {thr:g}: recall 5 s {r5:.3f}, 10 s {r10:.3f} (all conditions), "
+                     f"false positives {fp}/{len(outside)}")
+    return "\n".join(parts)
+
+
+def _save(outcomes: list[Outcome], path: Path) -> None:
+    rows = [
+        {"cond": o.query.cond, "length": o.query.length, "track": o.query.track,
+         "found": o.found, "offset_ok": o.offset_ok, "wrong": o.wrong,
+         "score": o.top_score if np.isfinite(o.top_score) else None,
+         "extract_ms": round(o.extract_ms, 2), "match_ms": round(o.match_ms, 2)}
+        for o in outcomes
+    ]
+    path.write_text(json.dumps(rows))
 
 
 def _plot(recall: dict[tuple[str, str], float]) -> None:
@@ -517,6 +559,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"latency done [{time.perf_counter() - started:.0f} s]", flush=True)
 
     _plot(recall)
+    _save(outcomes, CACHE / "outcomes.json")
     ext_ms = np.array([o.extract_ms for o in outcomes if o.query.length == "10s"])
     print()
     print(f"RECALL (top match = right track, score >= {SCORE_THRESHOLD})")
@@ -525,6 +568,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"offset within {OFFSET_TOLERANCE_S} s of the truth: "
           f"{np.mean([o.offset_ok for o in found]):.4f} of found queries")
     print()
+    print(_threshold_sweep(outcomes))
     print(f"false positives: {fp_count} / {len(outside_o)} out-of-catalog queries "
           f"({fp_count / max(len(outside_o), 1):.4f}); highest out-of-catalog score "
           f"{ooc_scores.max() if ooc_scores.size else float('nan'):.2f}; "
@@ -537,11 +581,14 @@ def main(argv: list[str] | None = None) -> int:
           f"{speed['engine_x']:.0f}x real time -> ratio {speed['engine_ratio']:.1f} vs fpcalc")
     print(f"query extraction, 10 s clip: p50 {np.percentile(ext_ms, 50):.1f} ms, "
           f"p95 {np.percentile(ext_ms, 95):.1f} ms")
-    for size, n_rows, p50, p95, hit in latency:
+    q_hashes = np.mean([len(fp) for fp in query_fps])
+    for size, n_rows, p50, p95, hit, fetched in latency:
         print(f"lookup+match at {size:>6} tracks ({n_rows / 1e6:.0f}M rows, in memory): "
-              f"p50 {p50:.1f} ms, p95 {p95:.1f} ms; 10 s queries matched {hit:.3f}")
+              f"p50 {p50:.1f} ms, p95 {p95:.1f} ms; 10 s queries ({q_hashes:.0f} hashes) "
+              f"fetch {fetched:.0f} rows, matched {hit:.3f}")
     print(f"index: {rows_per_min:.0f} rows per minute of audio = "
           f"{rows_per_min * ROW_BYTES / 1000:.1f} kB/min at {ROW_BYTES} bytes per row")
+    print(f"per-query outcomes: {CACHE / 'outcomes.json'}")
     print(f"plot: {PLOT}   total time {time.perf_counter() - started:.0f} s")
     return 0
 

@@ -2,11 +2,29 @@
 
 Pure engine: mono PCM arrays in, hashes and matches out.
 
-    fp = extract(pcm, sample_rate)                 # reference (to index)
+    fp = extract(pcm, sample_rate)                  # a reference, to index
     index.add(track_id, fp)
-    matches = match(extract(clip, sr, query=True), index)
+    matches = match(extract(clip, sr, query=True), index)   # [] means "no match"
 
-See ``extract`` for the hash design and ``match`` for the score.
+Design, in short (details in ``landmarks`` and ``match``):
+
+* 11025 Hz (the pipeline's analysis PCM, no resampling), STFT 1024/256, spectral
+  peaks thinned to a fixed density with a sliding window, placed between bins
+  and frames by parabolic fits.
+* Hashes of peak *triplets*: two pitch intervals (semitones) and the ratio of
+  the two time gaps, which do not change when audio is sped up, slowed down or
+  transposed, plus the anchor's coarse pitch, the triplet's coarse time span and
+  the peaks' loudness order.  Queries probe the neighbouring bin of a field that
+  lies near a bin edge.
+* Matching: hits grouped by track, the best candidates voted over a grid of
+  speeds (±6 %) and offsets; the score is a significance (-log10 chance) with a
+  rejection threshold, ``SCORE_THRESHOLD``.
+
+Storage: an index is rows ``(hash, track_id, t)``; in SQL a table
+``(hash integer, track_id integer, t integer)`` with a b-tree on ``hash``.
+Hashes are below 2**28 (``HASH_LIMIT``), so they fit a signed 32-bit integer as
+they are; ``t`` counts frames of ``FRAME_SECONDS``.  References make about
+1,250 rows per minute of audio (15 kB of row data at 12 bytes a row).
 """
 
 from pipelines.fingerprint.errors import FingerprintError, InvalidAudioError
@@ -14,6 +32,7 @@ from pipelines.fingerprint.index import MAX_POSTINGS, Hits, Index, InMemoryIndex
 from pipelines.fingerprint.landmarks import (
     ENGINE_SAMPLE_RATE,
     FRAME_SECONDS,
+    HASH_LIMIT,
     Extractor,
     Fingerprint,
     extract,
@@ -23,6 +42,7 @@ from pipelines.fingerprint.match import MAX_SPEED_CHANGE, SCORE_THRESHOLD, Match
 __all__ = [
     "ENGINE_SAMPLE_RATE",
     "FRAME_SECONDS",
+    "HASH_LIMIT",
     "MAX_POSTINGS",
     "MAX_SPEED_CHANGE",
     "SCORE_THRESHOLD",

@@ -16,8 +16,7 @@ query probes the neighbouring bin when it is close to an edge).
 
 Reference fingerprints are sparse to keep the index small; query fingerprints
 are denser (more peaks, more triplets per anchor) so that they contain most of
-the reference's triplets even after degradation.  See ``docs`` in
-``pipelines/fingerprint/__init__.py`` for the numbers.
+the reference's triplets even after degradation.
 """
 
 from __future__ import annotations
@@ -421,6 +420,10 @@ class Layout:
 
 
 LAYOUT = Layout()
+#: Every hash is below this (the product of the field sizes): it fits a signed
+#: 32-bit SQL integer.
+HASH_LIMIT = math.prod(LAYOUT.sizes)
+assert HASH_LIMIT < 2**31
 _PERMUTATION = {(0, 1, 2): 0, (0, 2, 1): 1, (1, 0, 2): 2, (1, 2, 0): 3, (2, 0, 1): 4, (2, 1, 0): 5}
 
 

@@ -16,6 +16,7 @@ import pytest
 
 from pipelines.fingerprint import (
     ENGINE_SAMPLE_RATE,
+    HASH_LIMIT,
     SCORE_THRESHOLD,
     Extractor,
     Fingerprint,
@@ -295,3 +296,9 @@ def test_engine_reads_the_pipelines_analysis_pcm_without_resampling() -> None:
     import pipelines
 
     assert pipelines.ANALYSIS_SAMPLE_RATE == ENGINE_SAMPLE_RATE
+
+
+def test_hashes_fit_a_signed_32_bit_column(tracks: dict[int, F32]) -> None:
+    fp = extract(tracks[14], SR, query=True)
+    assert int(fp.hashes.max()) < HASH_LIMIT < 2**31
+    assert int(fp.times.min()) >= 0
