@@ -23,7 +23,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import and_, case, func, or_, select, update
+from sqlalchemy import String, and_, case, cast, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from soundkit import jobs
@@ -260,6 +260,24 @@ def failures(session: Session, now: datetime | None = None,
     return found
 
 
+def flagged_uploads(session: Session, limit: int = 20) -> list[dict[str, Any]]:
+    """Sounds that got in although the fingerprint stage matched them (rules set to ``flag``).
+
+    The matches are kept on the upload (``match_detail``) for an operator to review.
+    """
+    rows = session.execute(
+        select(Upload, App.name, User.username).join(App, App.id == Upload.app_id)
+        .join(User, User.id == Upload.user_id)
+        .where(Upload.status == UploadStatus.IN_LIBRARY, Upload.match_detail.is_not(None),
+               cast(Upload.match_detail, String) != "null")
+        .order_by(Upload.finished_at.desc()).limit(limit)).all()
+    return [{"upload_id": u.id, "sound_id": u.sound_id, "app": app, "creator": creator,
+             "title": u.title or u.original_filename, "finished_at": _iso(u.finished_at),
+             "matches": (u.match_detail or {}).get("matches", [])}
+            for u, app, creator in rows
+            if isinstance(u.match_detail, dict) and u.match_detail.get("action") == "flag"]
+
+
 def webhook_backlog(session: Session, now: datetime | None = None,
                     limit: int = 20) -> dict[str, Any]:
     """Deliveries by status, the oldest pending one, and those pending or failing."""
@@ -437,6 +455,7 @@ def overview(session: Session, settings: Settings, now: datetime | None = None,
         "waiting": waiting_jobs(session, now),
         "stalled": stalled_jobs(session, now),
         "failures": failures(session, now),
+        "flagged": flagged_uploads(session),
         "webhooks": webhook_backlog(session, now),
         "audit": recent_audit(session),
     }

@@ -270,6 +270,7 @@ API_VIEWS: dict[str, Callable[[], Any]] = {
     "waiting": lambda: _read(ops.waiting_jobs),
     "stalled": lambda: _read(ops.stalled_jobs),
     "failures": lambda: _read(ops.failures),
+    "flagged": lambda: _read(ops.flagged_uploads),
     "webhooks": lambda: _read(ops.webhook_backlog),
     "audit": lambda: _read(ops.recent_audit),
     "workers": _workers,

@@ -391,3 +391,20 @@ def test_console_metrics_and_library_on_postgresql(
     finally:
         app.extensions["soundkit"].db.dispose()
         db.dispose()
+
+
+def test_sounds_the_fingerprint_stage_flagged_are_listed_for_review(
+        people: People, console: Console, db: Database) -> None:
+    from sqlalchemy import update
+
+    match = {"rule": "copyright", "title": "Theme One", "rights_holder": "Label X",
+             "catalog_track_id": 3, "score": 12.0, "offset_s": 4.2, "speed": 1.0}
+    operator = people.ops()
+    assert api(operator, "flagged")["flagged"] == []  # a plain ready sound is not listed
+    with db.session() as session:
+        session.execute(update(Upload).where(Upload.id == console.ready)
+                        .values(match_detail={"action": "flag", "matches": [match]}))
+    [flagged] = api(operator, "flagged")["flagged"]
+    assert flagged["upload_id"] == console.ready and flagged["matches"] == [match]
+    page = operator.get("/ops").text
+    assert "copyright: Theme One (Label X) · score 12.0 at 4.2 s" in page
