@@ -446,7 +446,7 @@ def _threshold_sweep(outcomes: list[Outcome]) -> str:
     inside = [o for o in outcomes if o.query.track >= 0]
     outside = [o for o in outcomes if o.query.track < 0]
     parts = []
-    for thr in (SCORE_THRESHOLD, 10.0, 12.0, 15.0):
+    for thr in sorted({SCORE_THRESHOLD, 8.0, 10.0, 12.0, 15.0}):
         def hit(o: Outcome, thr: float = thr) -> bool:
             return o.top_score >= thr
 
@@ -487,8 +487,8 @@ def _plot(recall: dict[tuple[str, str], float]) -> None:
     ax.set_xticks(x, names, rotation=55, ha="right")
     ax.set_ylim(0, 1.02)
     ax.set_ylabel(f"recall (score >= {SCORE_THRESHOLD})")
-    ax.set_title("Fingerprint recall per degradation and clip length")
-    ax.legend(loc="lower left")
+    ax.set_title("Fingerprint recall per degradation and clip length", loc="left")
+    ax.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), ncol=4, fontsize="small")
     fig.tight_layout()
     PLOT.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(PLOT, dpi=110)
