@@ -103,12 +103,20 @@ def init_app(app: Flask) -> None:
     @app.before_request
     def _assign_log_id() -> None:
         g.log_id = new_log_id()
-        current_log_id.set(g.log_id)
+        g.log_id_token = current_log_id.set(g.log_id)
 
     @app.after_request
     def _expose_log_id(response: Response) -> Response:
         response.headers["X-Request-Id"] = log_id()
         return response
+
+    @app.teardown_request
+    def _forget_log_id(_error: BaseException | None) -> None:
+        # A worker thread serves many requests: lines logged between two of them (and
+        # a test that calls the app in its own thread) must not carry this one's id.
+        token = g.pop("log_id_token", None)
+        if token is not None:
+            current_log_id.reset(token)
 
     app.register_error_handler(ApiError, _handle_api_error)
     app.register_error_handler(HTTPException, _handle_http_error)

@@ -211,7 +211,8 @@ def upload() -> Response:
         session.flush()
         jobs.mark_received(session, upload_id, size=writer.bytes_written,
                            sha256=writer.sha256.hexdigest())
-    svc.dispatcher.wake_upload(upload_id)  # after commit; the reconciler covers a lost send
+    # After commit; the reconciler covers a lost send.
+    svc.dispatcher.wake_upload(upload_id, log_id())
     return envelope({"upload_id": upload_id}, status=202)
 
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import re
 import sys
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -21,15 +23,47 @@ current_upload_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "upload_id", default=None)
 
 
+#: A task id that carries a request's log id: ``<log_id>.<random hex>``.
+_TASK_ID = re.compile(r"^(?P<log_id>[0-9A-Za-z]{8,64})\.[0-9a-f]{32}$")
+
+
+def task_id_for(log_id: str | None) -> str | None:
+    """A fresh Celery task id that starts with ``log_id`` (None: let Celery pick one)."""
+    if not log_id or not re.fullmatch(r"[0-9A-Za-z]{8,64}", log_id):
+        return None
+    return f"{log_id}.{uuid.uuid4().hex}"
+
+
+def log_id_of_task(task_id: object) -> str | None:
+    """The log id a task id made by ``task_id_for`` carries, else None."""
+    found = _TASK_ID.match(task_id) if isinstance(task_id, str) else None
+    return found.group("log_id") if found else None
+
+
+def _celery_task_id(record: logging.LogRecord) -> object:
+    """The task id of Celery's own lines ("Task … received", "… succeeded in …")."""
+    data = getattr(record, "data", None)
+    if isinstance(data, dict):
+        return data.get("id")
+    return record.args.get("id") if isinstance(record.args, dict) else None
+
+
 class ContextFilter(logging.Filter):
-    """Copies the context's ids onto every record."""
+    """Copies the context's ids onto every record.
+
+    Celery logs a task's arrival and end outside the job's context; those lines get
+    the log id from the task id (``task_id_for``).
+    """
 
     def __init__(self, process_name: str) -> None:
         super().__init__()
         self.process_name = process_name
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.log_id = current_log_id.get()
+        log_id = current_log_id.get()
+        if log_id is None and record.name.startswith("celery"):
+            log_id = log_id_of_task(_celery_task_id(record))
+        record.log_id = log_id
         record.upload_id = current_upload_id.get()
         record.soundkit_process = self.process_name
         return True

@@ -478,6 +478,8 @@ class ActionResult:
 
     message: str
     wake_uploads: list[str] = field(default_factory=list)
+    #: The ``log_id`` of each upload to wake, so the job's lines keep its first request's id.
+    log_ids: dict[str, str | None] = field(default_factory=dict)
     wake_webhooks: list[int] = field(default_factory=list)
     delete_keys: list[str] = field(default_factory=list)
 
@@ -506,7 +508,8 @@ def retry_upload(session: Session, upload_id: str, operator: str) -> ActionResul
     if not jobs.reset_for_retry(session, upload_id):
         raise ActionRefused(f"{upload_id} changed meanwhile; reload and try again")
     _audit(session, operator, "upload.retry", upload_id, previous)
-    return ActionResult(f"{upload_id} is back in the queue.", wake_uploads=[upload_id])
+    return ActionResult(f"{upload_id} is back in the queue.", wake_uploads=[upload_id],
+                        log_ids={upload_id: upload.log_id})
 
 
 def cancel_upload(session: Session, upload_id: str, operator: str, *,

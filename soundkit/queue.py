@@ -14,6 +14,7 @@ from typing import Any
 
 from celery import Celery
 
+from soundkit.logs import task_id_for
 from soundkit.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -101,9 +102,9 @@ class Dispatcher:
     def __init__(self, celery: Celery) -> None:
         self.celery = celery
 
-    def _send(self, task: str, *args: Any) -> bool:
+    def _send(self, task: str, *args: Any, task_id: str | None = None) -> bool:
         try:
-            self.celery.send_task(task, args=list(args), retry=True,
+            self.celery.send_task(task, args=list(args), task_id=task_id, retry=True,
                                   retry_policy={"max_retries": 2, "interval_start": 0.2,
                                                 "interval_step": 0.5, "interval_max": 1})
         except Exception:
@@ -112,8 +113,13 @@ class Dispatcher:
             return False
         return True
 
-    def wake_upload(self, upload_id: str) -> bool:
-        return self._send(TASK_INGEST, upload_id)
+    def wake_upload(self, upload_id: str, log_id: str | None = None) -> bool:
+        """Wake a worker for the job; ``log_id`` (the upload's request) prefixes the task id.
+
+        Celery's own lines about the task (received, succeeded) name only the task id,
+        so the prefix is how they carry the request's ``log_id`` too (see ``logs``).
+        """
+        return self._send(TASK_INGEST, upload_id, task_id=task_id_for(log_id))
 
     def wake_webhook(self, delivery_id: int) -> bool:
         return self._send(TASK_DELIVER_WEBHOOK, delivery_id)

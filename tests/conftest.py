@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import shutil
 import socket
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +21,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from soundkit import accounts, migrate
-from soundkit.db import Database
+from soundkit.db import Database, scratch_postgres_database
 from soundkit.models import Base, User
 from soundkit.queue import Dispatcher
 from soundkit.settings import Settings, load_settings
@@ -102,21 +101,9 @@ def db(settings: Settings) -> Iterator[Database]:
 def pg_url() -> Iterator[str]:
     """A fresh, migrated PostgreSQL database for this test session, dropped afterwards."""
     require_port("127.0.0.1", 5432, "PostgreSQL")
-    name = f"soundkit_test_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    migrate.upgrade(url)
-    yield url
-    engine_cleanup = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with engine_cleanup.connect() as conn:
-        conn.execute(sa.text(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"),
-            {"n": name})
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
-    engine_cleanup.dispose()
-    admin.dispose()
+    with scratch_postgres_database(PG_ADMIN_URL, "soundkit_test") as url:
+        migrate.upgrade(url)
+        yield url
 
 
 def truncate_all(url: str) -> None:
@@ -187,7 +174,7 @@ class RecordingDispatcher(Dispatcher):
         self.uploads: list[str] = []
         self.webhooks: list[int] = []
 
-    def wake_upload(self, upload_id: str) -> bool:
+    def wake_upload(self, upload_id: str, log_id: str | None = None) -> bool:
         self.uploads.append(upload_id)
         return True
 

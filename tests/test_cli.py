@@ -91,7 +91,7 @@ class InlineDispatcher(Dispatcher):
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
 
-    def wake_upload(self, upload_id: str) -> bool:
+    def wake_upload(self, upload_id: str, log_id: str | None = None) -> bool:
         threading.Thread(target=ingest.run, args=(self.rt, upload_id), daemon=True).start()
         return True
 

@@ -10,9 +10,11 @@ import logging
 from typing import Any
 
 from celery.signals import setup_logging, worker_process_init
+from sqlalchemy import select
 
 from soundkit import jobs, webhooks
 from soundkit.logs import configure_logging
+from soundkit.models import Upload
 from soundkit.queue import (
     TASK_DELIVER_DUE_WEBHOOKS,
     TASK_DELIVER_WEBHOOK,
@@ -79,8 +81,10 @@ def reconcile(self: SoundkitTask) -> dict[str, int]:
                                 wakeup_grace_s=s.wakeup_grace_s,
                                 abandoned_upload_s=ABANDONED_UPLOAD_S,
                                 secret_key=s.secret_key)
+        log_ids = dict(session.execute(select(Upload.id, Upload.log_id)
+                                       .where(Upload.id.in_(report.resend))).tuples().all())
     for upload_id in report.resend:
-        rt.dispatcher.wake_upload(upload_id)
+        rt.dispatcher.wake_upload(upload_id, log_ids.get(upload_id))
     if report.resend or report.gave_up or report.abandoned:
         log.info("reconciled: resent %d, gave up %d, abandoned %d", len(report.resend),
                  len(report.gave_up), len(report.abandoned))

@@ -202,7 +202,7 @@ def _act(action: Callable[[Session], ops.ActionResult]) -> ops.ActionResult:
     with svc.db.session() as session:
         result = action(session)
     for upload_id in result.wake_uploads:
-        svc.dispatcher.wake_upload(upload_id)
+        svc.dispatcher.wake_upload(upload_id, result.log_ids.get(upload_id))
     for delivery_id in result.wake_webhooks:
         svc.dispatcher.wake_webhook(delivery_id)
     for key in result.delete_keys:

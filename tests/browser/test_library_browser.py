@@ -11,12 +11,14 @@ import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
 from playwright.sync_api import Browser, Page, Response, expect
 
 from soundkit.models import Sound
+from tests.integration.stack import wait_for
 from tests.web.live import LiveStack, chromium, fits_a_phone, live_stack, screenshot, sign_in
 from tests.web.tunes import make_tune
 
@@ -153,12 +155,25 @@ def test_the_request_log_id_is_on_every_worker_log_line_of_the_job(
     upload_id, log_id = stack.push(make_tune(tmp_path / "logged.flac", 5.5, seed=43),
                                    "Logged")
     stack.wait_status(upload_id, "IN_LIBRARY")
-    lines = []
-    for raw in worker.output().splitlines():
-        if raw.startswith("{"):  # not a terminal: every line of ours is a JSON object
-            lines.append(json.loads(raw))
+    lines = json_lines(worker.output())
     of_job = [line for line in lines if line.get("upload_id") == upload_id]
     assert {line["log_id"] for line in of_job} == {log_id}
     stages = {line.get("stage") for line in of_job if line.get("stage")}
     assert stages == {"validating", "transcoding", "fingerprinting", "storing", "attaching"}
     assert all(line["process"] == "worker" for line in of_job)
+
+    def celery_lines_of_the_task() -> list[dict[str, Any]]:
+        """Celery's own "received" and "succeeded" lines, which name only the task id."""
+        return [line for line in json_lines(worker.output())
+                if line["name"].startswith("celery") and f"[{log_id}." in line["message"]]
+
+    wait_for(lambda: any("succeeded" in line["message"] for line in celery_lines_of_the_task()),
+             20, "Celery's succeeded line")
+    of_task = celery_lines_of_the_task()
+    assert any("received" in line["message"] for line in of_task)
+    assert {line["log_id"] for line in of_task} == {log_id}
+
+
+def json_lines(output: str) -> list[dict[str, Any]]:
+    """The worker's log lines: not a terminal, so every line of ours is a JSON object."""
+    return [json.loads(raw) for raw in output.splitlines() if raw.startswith("{")]
