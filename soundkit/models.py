@@ -460,11 +460,14 @@ class FingerprintTrack(Base):
 #: INTEGER (same bits), ``t`` the anchor's frame. One b-tree, on ``hash``, serves
 #: lookups and deletions; there is no primary key (it would be a second index) and no
 #: foreign key on ``track_id`` (deleting a track would scan the table to check it).
+#: On PostgreSQL the b-tree also carries ``track_id`` and ``t`` (``INCLUDE``), so a
+#: lookup is an index-only scan: the rows of one hash sit together in the index,
+#: while in the heap they are scattered over as many pages as there are rows.
 fingerprint_hashes = Table(
     "fingerprint_hashes",
     Base.metadata,
     Column("hash", Integer, nullable=False),
     Column("track_id", Integer, nullable=False),
     Column("t", Integer, nullable=False),
-    Index("ix_fingerprint_hashes_hash", "hash"),
+    Index("ix_fingerprint_hashes_hash", "hash", postgresql_include=["track_id", "t"]),
 )

@@ -16,6 +16,12 @@ decoding again), and before anything is stored:
 
 A sound that gets in is indexed inside the attach transaction, so it is matchable
 exactly when it is in the library, and never if the attach does not commit.
+
+Two workers can check the same new music at the same moment, each before the other
+is indexed. So the attach transaction takes a lock that serialises indexing (a
+PostgreSQL advisory lock held until commit; on SQLite the attach transaction
+already holds the database's write lock) and, if any track was indexed since this
+job's check, matches again and may still refuse. The common case costs one query.
 """
 
 from __future__ import annotations
@@ -29,7 +35,13 @@ from sqlalchemy.orm import Session
 
 from pipelines import ANALYSIS_SAMPLE_RATE, load_analysis_pcm
 from pipelines.fingerprint import Fingerprint, extract
-from soundkit.fingerprints import Identified, identify, index_sound
+from soundkit.fingerprints import (
+    Identified,
+    identify,
+    index_sound,
+    newest_track_id,
+    serialise_indexing,
+)
 from soundkit.models import FailReason, FingerprintKind, Upload
 from soundkit.settings import Settings
 from worker.ingest import JobContext, Refusal
@@ -42,7 +54,10 @@ DUPLICATE_OWN = "duplicate_own"
 DUPLICATE_OTHER = "duplicate_other"
 
 _REFERENCE = "fingerprint.reference"
+_QUERY = "fingerprint.query"
+_SEEN = "fingerprint.seen"
 _FLAGGED = "fingerprint.flagged"
+
 
 
 @dataclass(frozen=True)
@@ -131,20 +146,30 @@ class FingerprintingPolicy:
         reference = extract(pcm, ANALYSIS_SAMPLE_RATE)
         query = extract(pcm, ANALYSIS_SAMPLE_RATE, query=True)
         with ctx.rt.db.session() as session:
+            seen = newest_track_id(session)  # before matching: a later track is re-checked
             found = identify(session, query, exclude_sound_id=ctx.sound_id)
         decision = decide(found, ctx.user_id, self.actions)
-        ctx.extras[_REFERENCE] = reference
-        ctx.extras[_FLAGGED] = decision.flagged
+        ctx.extras.update({_REFERENCE: reference, _QUERY: query, _SEEN: seen,
+                           _FLAGGED: decision.flagged})
         if found:
             log.info("fingerprint: %s; best %s %s score %.1f",
                      decision.refusal.reason if decision.refusal else "accepted",
                      found[0].kind, found[0].id, found[0].score)
         return decision.refusal
 
-    def on_attach(self, session: Session, ctx: JobContext) -> None:
+    def on_attach(self, session: Session, ctx: JobContext) -> Refusal | None:
         reference: Fingerprint | None = ctx.extras.get(_REFERENCE)
         if reference is None:  # check() did not run in this attempt: nothing to index
-            return
+            return None
+        serialise_indexing(session)
+        if newest_track_id(session) > ctx.extras[_SEEN]:
+            found = identify(session, ctx.extras[_QUERY], exclude_sound_id=ctx.sound_id)
+            decision = decide(found, ctx.user_id, self.actions)
+            if decision.refusal is not None:
+                log.info("fingerprint: %s at attach; %s %s indexed meanwhile, score %.1f",
+                         decision.refusal.reason, found[0].kind, found[0].id, found[0].score)
+                return decision.refusal
+            ctx.extras[_FLAGGED] = decision.flagged
         session.flush()  # the Sound row first: the index row refers to it
         index_sound(session, ctx.sound_id, reference)
         flagged: list[dict[str, Any]] = ctx.extras.get(_FLAGGED) or []
@@ -152,6 +177,8 @@ class FingerprintingPolicy:
             session.execute(update(Upload).where(Upload.id == ctx.upload_id)
                             .values(match_detail={"action": "flag", "matches": flagged})
                             .execution_options(synchronize_session=False))
+        return None
+
 
 
 def policy_factory(rt: Runtime) -> FingerprintingPolicy:

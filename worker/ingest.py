@@ -93,10 +93,15 @@ class Refusal:
 
 
 class FingerprintPolicy(Protocol):
-    """The fingerprint stage: look the sound up, decide, and index it on attach."""
+    """The fingerprint stage: look the sound up, decide, and index it on attach.
+
+    ``on_attach`` runs inside the attach transaction and may still refuse: a sound
+    that got in between ``check`` and attach (another worker's upload of the same
+    music) must not let both in.
+    """
 
     def check(self, ctx: JobContext) -> Refusal | None: ...
-    def on_attach(self, session: Session, ctx: JobContext) -> None: ...
+    def on_attach(self, session: Session, ctx: JobContext) -> Refusal | None: ...
 
 
 class NoFingerprinting:
@@ -105,8 +110,16 @@ class NoFingerprinting:
     def check(self, ctx: JobContext) -> Refusal | None:
         return None
 
-    def on_attach(self, session: Session, ctx: JobContext) -> None:
+    def on_attach(self, session: Session, ctx: JobContext) -> Refusal | None:
         return None
+
+
+class _RefusedAtAttach(Exception):
+    """Raised inside the attach transaction to roll it back and fail the job instead."""
+
+    def __init__(self, refusal: Refusal) -> None:
+        super().__init__(refusal.detail)
+        self.refusal = refusal
 
 
 _policy_factory: Callable[[Runtime], FingerprintPolicy] = lambda rt: NoFingerprinting()  # noqa: E731
@@ -173,6 +186,16 @@ def _title(ctx: JobContext) -> str:
 
 
 def _attach(ctx: JobContext, policy: FingerprintPolicy) -> list[int]:
+    """Attach, or fail the job if the policy refuses at the last moment."""
+    try:
+        return _attach_transaction(ctx, policy)
+    except _RefusedAtAttach as refused:
+        delivery_ids = _fail(ctx, refused.refusal)
+        _remove_stored(ctx)
+        return delivery_ids
+
+
+def _attach_transaction(ctx: JobContext, policy: FingerprintPolicy) -> list[int]:
     """The one transaction that makes the sound visible; returns webhook ids to send."""
     assert ctx.media is not None and ctx.probed is not None
     media, probed, keys = ctx.media, ctx.probed, object_keys(ctx.sound_id)
@@ -200,7 +223,9 @@ def _attach(ctx: JobContext, policy: FingerprintPolicy) -> list[int]:
         session.add(Notification(user_id=ctx.user_id, kind="sound.ready",
                                  upload_id=ctx.upload_id, sound_id=ctx.sound_id,
                                  message=f"{title} is in your library."))
-        policy.on_attach(session, ctx)
+        refusal = policy.on_attach(session, ctx)
+        if refusal is not None:
+            raise _RefusedAtAttach(refusal)
         upload = session.get(Upload, ctx.upload_id)
         assert upload is not None
         webhooks.queue_event(session, upload.app, ctx.user_id, "sound.upload.complete",
@@ -226,6 +251,11 @@ def _clean_after_loss(ctx: JobContext) -> None:
         status = session.scalar(select(Upload.status).where(Upload.id == ctx.upload_id))
     if status != UploadStatus.FAILED:
         return
+    _remove_stored(ctx)
+
+
+def _remove_stored(ctx: JobContext) -> None:
+    """Delete the playback, preview and waveform objects of a job that ended FAILED."""
     for key in object_keys(ctx.sound_id).values():
         ctx.rt.store.delete(key)
 

@@ -208,3 +208,36 @@ def test_a_blocked_upload_is_not_indexed(make_rt: Callable[..., Runtime],
     assert again.duplicate_of_sound_id == first.sound_id
     with rt.db.session() as session:
         assert session.scalar(select(func.count()).select_from(FingerprintTrack)) == 1
+
+
+def test_the_same_music_checked_by_two_jobs_at_once_gets_in_once(
+        make_rt: Callable[..., Runtime], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The second job matched before the first was indexed; at attach it must still refuse."""
+    rt = make_rt()
+    world = build_world(rt.db, rt.settings)
+    song = melody(74, 16.0)
+    first = enqueue(rt, world, write(song, tmp_path / "take.flac"))
+    second = enqueue(rt, world, mp3_64k_clip(song, tmp_path / "again.mp3", 2.0, 12.0))
+    real_check = fingerprinting.FingerprintingPolicy.check
+
+    def check_while_the_other_gets_in(self: fingerprinting.FingerprintingPolicy,
+                                      ctx: ingest.JobContext) -> ingest.Refusal | None:
+        refusal = real_check(self, ctx)
+        if ctx.upload_id == second:
+            assert refusal is None  # nothing to match yet
+            assert ingest.run(rt, first) == "done"  # meanwhile, on another worker
+        return refusal
+
+    monkeypatch.setattr(fingerprinting.FingerprintingPolicy, "check",
+                        check_while_the_other_gets_in)
+    assert ingest.run(rt, second) == "done"
+    with rt.db.session() as session:
+        winner, loser = session.get(Upload, first), session.get(Upload, second)
+        assert winner is not None and loser is not None
+        assert winner.status == UploadStatus.IN_LIBRARY and winner.sound_id
+        assert (loser.status, loser.fail_reason) == (UploadStatus.FAILED, FailReason.DUPLICATE)
+        assert loser.duplicate_of_sound_id == winner.sound_id
+        assert loser.sound_id is None
+        assert session.scalar(select(func.count()).select_from(FingerprintTrack)) == 1
+    stored = rt.store.list_keys("sounds/")
+    assert stored and all(winner.sound_id in key for key in stored)
