@@ -12,6 +12,7 @@ from sqlalchemy import select
 from soundkit import webhooks
 from soundkit.db import Database
 from soundkit.models import App, WebhookDelivery, utcnow
+from soundkit.security import open_id
 from soundkit.settings import Settings
 from tests.conftest import World, build_world
 
@@ -66,7 +67,9 @@ def test_delivery_is_signed_with_the_apps_own_secret(db: Database, hooked: World
     assert set(event) == {"client_key", "event", "create_time", "user_openid", "content"}
     assert event["client_key"] == hooked.client_key
     assert json.loads(event["content"]) == {"upload_id": "upl_1", "sound_id": "snd_1"}
-    assert str(hooked.creator.id) not in event["user_openid"]
+    expected = open_id(hooked.settings.secret_key, hooked.client_key, hooked.creator.id)
+    assert event["user_openid"] == expected
+    assert event["user_openid"] not in (str(hooked.creator.id), hooked.creator.username)
 
 
 def test_an_old_signature_is_refused_by_verify(hooked: World) -> None:

@@ -15,8 +15,13 @@
    (whole files both), one file at a time, wall clock, same run.
 5. Query latency (lookup + match, in memory) at 1k/10k/100k indexed tracks,
    the catalog padded with filler tracks whose hashes are drawn from the real
-   hash distribution at random times.
-6. Index size: rows per minute of audio and bytes at 12 bytes per row.
+   hash distribution at random times: the engine's own cost.
+6. The index as the product stores it (``sql.py``): PostgreSQL and SQLite
+   scratch databases grown to the same sizes, bytes on disk per minute of
+   audio and lookup + match latency through ``SqlIndex``.
+
+Needs PostgreSQL (``BENCH_PG_ADMIN_URL``, by default the local server with trust
+auth); ``--pg-sizes ''`` leaves that stage out.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import threading
 import time
 import zlib
 from collections import defaultdict
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +45,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from bench.fingerprint import sql
 from bench.fingerprint.corpus import unique_tracks
 from bench.fingerprint.degrade import (
     CACHE,
@@ -65,8 +72,9 @@ CLIP_LENGTHS = (3, 5, 10, 20)
 EXCERPT_S = 22.0
 WHOLE_CONDITIONS = ("clean", "mp3 64k", "white 10dB", "speed +3%")
 OFFSET_TOLERANCE_S = 0.5
-ROW_BYTES = 12  # hash int4 + track_id int4 + t int4
+ROW_BYTES = 12  # hash int4 + track_id int4 + t int4: the data alone, before any storage overhead
 PLOT = Path("var/bench/fingerprint.png")
+INDEX_PLOT = Path("var/bench/fingerprint-index.png")
 
 _INDEX: InMemoryIndex | None = None
 
@@ -151,11 +159,11 @@ def _plan_catalog(catalog: list[Path], excerpts: int, pool: ThreadPoolExecutor) 
         _, path, k, start, conds = excerpt
         degrade_all(path, start, None if k < 0 else EXCERPT_S, cache_key(path, k, start), conds)
 
-    excerpts: dict[tuple[int, int], list[Job]] = defaultdict(list)
+    by_excerpt: dict[tuple[int, int], list[Job]] = defaultdict(list)
     for job in jobs:
-        excerpts[(job[0], job[2])].append(job)
+        by_excerpt[(job[0], job[2])].append(job)
     list(pool.map(make, [(ti, js[0][1], k, js[0][3], tuple(j[4] for j in js))
-                         for (ti, k), js in excerpts.items()]))
+                         for (ti, k), js in by_excerpt.items()]))
     queries: list[Query] = []
     for ti, _, k, start, cond in jobs:
         key = cache_key(catalog[ti], k, start)
@@ -336,11 +344,11 @@ def _synthetic_pool(pcms: list[npt.NDArray[np.float32]], count: int,
         scale = rng.uniform(0.85, 1.15)
         when = src.when * scale + rng.normal(0, 1.5, n)
         order = np.argsort(when, kind="stable")
-        when = when[order].astype(np.float32)
+        when_32 = when[order].astype(np.float32)
         pitch = (src.pitch[order] + rng.uniform(-6, 6) + rng.normal(0, 1.0, n)).astype(np.float32)
         power = (src.power[order] + rng.normal(0, 1.0, n)).astype(np.float32)
-        t = np.maximum(np.rint(when), 0).astype(np.int32)
-        peaks = landmarks.Peaks(t, pitch, power, when)
+        t = np.maximum(np.rint(when_32), 0).astype(np.int32)
+        peaks = landmarks.Peaks(t, pitch, power, when_32)
         pool.append(landmarks._hashes(peaks, landmarks.REFERENCE)[0])
     return pool
 
@@ -348,9 +356,6 @@ def _synthetic_pool(pcms: list[npt.NDArray[np.float32]], count: int,
 def _filler(pool: list[npt.NDArray[np.uint32]], tracks: int, frames: int,
             rng: np.random.Generator) -> npt.NDArray[np.uint32]:
     """Hashes of ``tracks`` filler tracks: pool entries with a random pitch-field shift."""
-    sizes = landmarks.LAYOUT.sizes
-    pitch_unit = sizes[5]
-    pitch_bins = sizes[4]
     lengths = np.array([p.size for p in pool])
     picks = rng.integers(0, len(pool), tracks)
     total = int(lengths[picks].sum())
@@ -360,13 +365,35 @@ def _filler(pool: list[npt.NDArray[np.uint32]], tracks: int, frames: int,
         chosen = picks[(np.arange(tracks) % 9) == shift + 4]
         if chosen.size == 0:
             continue
-        h = np.concatenate([pool[i] for i in chosen]).astype(np.int64)
-        pitch = (h // pitch_unit) % pitch_bins
-        moved = np.clip(pitch + shift, 0, pitch_bins - 1)
-        h += (moved - pitch) * pitch_unit
-        out[pos : pos + h.size] = h.astype(np.uint32)
+        h = _shift_pitch(np.concatenate([pool[i] for i in chosen]), shift)
+        out[pos : pos + h.size] = h
         pos += h.size
     return out
+
+
+def _shift_pitch(hashes: npt.NDArray[np.uint32], shift: int) -> npt.NDArray[np.uint32]:
+    """Move the anchor-pitch field of every hash by ``shift`` bins (clipped)."""
+    sizes = landmarks.LAYOUT.sizes
+    pitch_unit, pitch_bins = sizes[5], sizes[4]
+    h = hashes.astype(np.int64)
+    pitch = (h // pitch_unit) % pitch_bins
+    h += (np.clip(pitch + shift, 0, pitch_bins - 1) - pitch) * pitch_unit
+    return h.astype(np.uint32)
+
+
+def _filler_tracks(pool: list[npt.NDArray[np.uint32]], frames: int,
+                   rng: np.random.Generator) -> sql.Filler:
+    """Filler tracks one at a time (id, hashes, sorted times), for the SQL indexes."""
+
+    def tracks(first_id: int, count: int) -> Iterator[tuple[int, npt.NDArray[np.uint32],
+                                                            npt.NDArray[np.int32]]]:
+        for track_id in range(first_id, first_id + count):
+            source = pool[int(rng.integers(0, len(pool)))]
+            hashes = _shift_pitch(source, int(rng.integers(-4, 5)))
+            times = np.sort(rng.integers(0, frames, hashes.size, dtype=np.int32))
+            yield track_id, hashes, times
+
+    return tracks
 
 
 def _latency(real: InMemoryIndex, pool: list[npt.NDArray[np.uint32]], frames: int,
@@ -494,12 +521,70 @@ def _plot(recall: dict[tuple[str, str], float]) -> None:
     fig.savefig(PLOT, dpi=110)
 
 
+def _sizes(text: str) -> list[int]:
+    return [int(s) for s in text.split(",") if s.strip()]
+
+
+def _stored(args: argparse.Namespace, catalog_fps: list[Fingerprint], filler: sql.Filler,
+            query_fps: list[Fingerprint], rows_per_min: float) -> list[sql.SqlPoint]:
+    """Size and latency of the SQL indexes the product runs on."""
+    points: list[sql.SqlPoint] = []
+    log = lambda line: print(line, flush=True)  # noqa: E731
+    if _sizes(args.sqlite_sizes):
+        with sql.scratch_sqlite() as url:
+            points += sql.measure(url, "SQLite", catalog_fps, filler, query_fps,
+                                  _sizes(args.sqlite_sizes), rows_per_min, log)
+    if _sizes(args.pg_sizes):
+        with sql.scratch_postgres() as url:
+            points += sql.measure(url, "PostgreSQL", catalog_fps, filler, query_fps,
+                                  _sizes(args.pg_sizes), rows_per_min, log)
+    return points
+
+
+def _plot_index(latency: list[tuple[int, int, float, float, float, float]],
+                stored: list[sql.SqlPoint]) -> None:
+    """Query p95 and bytes per minute against the number of indexed tracks."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (lat_ax, size_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
+    colours = {"in memory": "tab:grey", "SQLite": "tab:green", "PostgreSQL": "tab:blue"}
+    lat_ax.plot([r[0] for r in latency], [r[3] for r in latency], "o-", label="in memory",
+                color=colours["in memory"])
+    for backend in sorted({p.backend for p in stored}):
+        points = [p for p in stored if p.backend == backend]
+        style = {"label": backend, "color": colours.get(backend)}
+        lat_ax.plot([p.tracks for p in points], [p.p95_ms for p in points], "o-", **style)
+        size_ax.plot([p.tracks for p in points], [p.kb_per_minute for p in points], "o-",
+                     **style)
+    lat_ax.axhline(50, color="k", lw=0.8, ls="--")
+    size_ax.axhline(40, color="k", lw=0.8, ls="--")
+    for ax, label in ((lat_ax, "lookup + match p95, 10 s clip (ms)"),
+                      (size_ax, "index on disk (kB per minute of audio)")):
+        ax.set_xscale("log")
+        ax.set_xlabel("indexed tracks")
+        ax.set_ylabel(label)
+        ax.legend(fontsize="small")
+    lat_ax.set_yscale("log")
+    size_ax.set_ylim(bottom=0)
+    fig.suptitle("Fingerprint index: latency and size as it grows (dashed: targets)", x=0.01,
+                 ha="left")
+    fig.tight_layout()
+    INDEX_PLOT.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(INDEX_PLOT, dpi=110)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.fingerprint", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--excerpts", type=int, default=3, help="excerpts per catalog track")
     ap.add_argument("--outside-clips", type=int, default=32, help="clips per out-of-catalog track")
     ap.add_argument("--sizes", default="1000,10000,100000", help="index sizes for latency")
+    ap.add_argument("--pg-sizes", default="1000,10000,100000",
+                    help="index sizes on PostgreSQL ('' to leave PostgreSQL out)")
+    ap.add_argument("--sqlite-sizes", default="1000,10000", help="index sizes on SQLite")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     args = ap.parse_args(argv)
     global _INDEX
@@ -552,13 +637,20 @@ def main(argv: list[str] | None = None) -> int:
                 ENGINE_SAMPLE_RATE, query=True)
         for o in picked
     ]
-    pool = _synthetic_pool([track_pcm(p) for p in tracks], 4000, np.random.default_rng(11))
+    hash_pool = _synthetic_pool([track_pcm(p) for p in tracks], 4000,
+                                np.random.default_rng(11))
     frames = int(minutes * 60 / len(catalog) / (256 / ENGINE_SAMPLE_RATE))
     sizes = tuple(int(s) for s in args.sizes.split(",") if s)
-    latency = _latency(index, pool, frames, query_fps, sizes)
+    latency = _latency(index, hash_pool, frames, query_fps, sizes)
     print(f"latency done [{time.perf_counter() - started:.0f} s]", flush=True)
+    catalog_fps = [extract(track_pcm(p), ENGINE_SAMPLE_RATE) for p in catalog]
+    stored = _stored(args, catalog_fps, _filler_tracks(hash_pool, frames,
+                                                   np.random.default_rng(13)),
+                     query_fps, rows_per_min)
+    print(f"stored indexes done [{time.perf_counter() - started:.0f} s]", flush=True)
 
     _plot(recall)
+    _plot_index(latency, stored)
     _save(outcomes, CACHE / "outcomes.json")
     ext_ms = np.array([o.extract_ms for o in outcomes if o.query.length == "10s"])
     print()
@@ -587,9 +679,11 @@ def main(argv: list[str] | None = None) -> int:
               f"p50 {p50:.1f} ms, p95 {p95:.1f} ms; 10 s queries ({q_hashes:.0f} hashes) "
               f"fetch {fetched:.0f} rows, matched {hit:.3f}")
     print(f"index: {rows_per_min:.0f} rows per minute of audio = "
-          f"{rows_per_min * ROW_BYTES / 1000:.1f} kB/min at {ROW_BYTES} bytes per row")
+          f"{rows_per_min * ROW_BYTES / 1000:.1f} kB/min of row data ({ROW_BYTES} bytes a row, "
+          f"in memory); on disk, with each database's overhead:")
+    print(sql.table(stored))
     print(f"per-query outcomes: {CACHE / 'outcomes.json'}")
-    print(f"plot: {PLOT}   total time {time.perf_counter() - started:.0f} s")
+    print(f"plots: {PLOT}, {INDEX_PLOT}   total time {time.perf_counter() - started:.0f} s")
     return 0
 
 

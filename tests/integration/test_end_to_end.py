@@ -105,6 +105,12 @@ def ffprobe(path: Path) -> dict[str, Any]:
     return found
 
 
+def delivery_status(db: Database) -> str | None:
+    with db.session() as session:
+        found: str | None = session.scalars(select(WebhookDelivery.status)).one_or_none()
+        return found
+
+
 def run_journey(env: dict[str, str], tmp_path: Path, track: Path, receiver: Receiver,
                 served_by_api: bool) -> None:
     settings: Settings = load_settings(env)
@@ -121,6 +127,8 @@ def run_journey(env: dict[str, str], tmp_path: Path, track: Path, receiver: Rece
         assert status["status"] == "IN_LIBRARY", (status, proc.output()[-3000:])
         assert status["sound_id"]
         wait_for(lambda: receiver.requests, 30, "the sound.upload.complete webhook")
+        # The receiver answers before the worker records the delivery: wait for the record.
+        wait_for(lambda: delivery_status(db) == "delivered", 30, "the delivery's record")
 
     listing = app.test_client().get("/v2/sound/list/",
                                     headers={"Authorization": f"Bearer {token}"})
