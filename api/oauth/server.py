@@ -36,6 +36,7 @@ from authlib.oauth2.rfc6749 import (
     AccessDeniedError,
     InvalidGrantError,
     InvalidRequestError,
+    InvalidScopeError,
     OAuth2Payload,
     OAuth2Request,
 )
@@ -399,14 +400,32 @@ class RefreshTokenGrant(authlib_grants.RefreshTokenGrant):  # type: ignore[misc]
     def authenticate_user(self, refresh_token: TokenView) -> GrantUser:
         return GrantUser(refresh_token.record.user_id)
 
+    def _validate_token_scope(self, token: TokenView) -> None:
+        """A refresh may ask for less than was granted, never for more.
+
+        Client libraries re-send the scope they first asked for on every refresh
+        (requests-oauthlib does), even after the creator switched an optional one off
+        on the consent page. Those scopes are left out, not refused: the new token
+        carries ``asked ∩ granted`` and its ``scope`` says so (RFC 6749 §5.1). Only a
+        scope name that does not exist, or nothing in common, is ``invalid_scope``.
+        """
+        asked = accounts.split_scopes(self.request.payload.scope)
+        if not asked:
+            return
+        if any(scope not in accounts.SCOPES for scope in asked):
+            raise InvalidScopeError()
+        if not set(asked) & set(accounts.split_scopes(token.record.scope)):
+            raise InvalidScopeError()
+
     def create_token_response(self) -> tuple[int, dict[str, Any], list[tuple[str, str]]]:
         """Rotate: spend the old refresh token and issue a new pair in the same family."""
         client: OAuthClient = self.request.client
         record: grants.TokenRecord = self.request.refresh_token.record
-        asked = self.request.payload.scope
-        if asked:  # a narrower scope (Authlib checked it is a subset)
+        asked = set(accounts.split_scopes(self.request.payload.scope))
+        if asked:  # never wider than the grant (see _validate_token_scope)
+            granted = [s for s in accounts.split_scopes(record.scope) if s in asked]
             scope = scope_separator(flask_request.form.get("scope")).join(
-                accounts.ordered_scopes(accounts.split_scopes(asked)))
+                accounts.ordered_scopes(granted))
         else:
             scope = record.scope
         issued: grants.IssuedTokens | None = None

@@ -44,8 +44,11 @@ def _field(html: str, name: str) -> str:
 
 
 def browse_and_consent(url: str, username: str, password: str, *,
-                       decision: str = "authorize", allow: list[str] | None = None) -> None:
-    """What a creator's browser does: sign in, submit the consent form, follow redirects."""
+                       decision: str = "authorize", allow: list[str] | None = None) -> str:
+    """What a creator's browser does: sign in, submit the consent form, follow redirects.
+
+    Returns the URL the browser ended on (the app's redirect URI, with the code).
+    """
     with requests.Session() as browser:
         page = browser.get(url, timeout=10)
         if "/login" in page.url:
@@ -59,6 +62,7 @@ def browse_and_consent(url: str, username: str, password: str, *,
         assert action
         chosen = allow if allow is not None else re.findall(
             r'name="allow" value="([^"]+)"', page.text)
-        browser.post(urljoin(page.url, unescape(action.group(1))), timeout=10,
-                     data={"csrf_token": _field(page.text, "csrf_token"),
-                           "decision": decision, "allow": chosen})
+        landed = browser.post(urljoin(page.url, unescape(action.group(1))), timeout=10,
+                              data={"csrf_token": _field(page.text, "csrf_token"),
+                                    "decision": decision, "allow": chosen})
+        return landed.url

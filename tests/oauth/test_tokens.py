@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 import time_machine
@@ -114,19 +115,35 @@ def test_public_app_refreshes_without_a_secret(signed_in: Flow) -> None:
     assert response.status_code == 200, response.text
 
 
+def refresh_with_scope(flow: Flow, refresh_token: str, scope: str) -> dict[str, Any]:
+    found: dict[str, Any] = flow.client.post("/v2/oauth/token/", data={
+        "grant_type": "refresh_token", "refresh_token": refresh_token, "scope": scope,
+        "client_key": flow.web_key, "client_secret": flow.world.client_secret}).get_json()
+    return found
+
+
 def test_refresh_may_narrow_but_never_widen_the_scope(signed_in: Flow) -> None:
     tokens = signed_in.tokens(allow=["user.info.basic", "sound.list"])
-    wider = signed_in.client.post("/v2/oauth/token/", data={
-        "grant_type": "refresh_token", "refresh_token": tokens["refresh_token"],
-        "scope": "user.info.basic,sound.upload", "client_key": signed_in.web_key,
-        "client_secret": signed_in.world.client_secret})
-    assert wider.get_json()["error"] == "invalid_scope"
-    narrower = signed_in.client.post("/v2/oauth/token/", data={
-        "grant_type": "refresh_token", "refresh_token": tokens["refresh_token"],
-        "scope": "user.info.basic", "client_key": signed_in.web_key,
-        "client_secret": signed_in.world.client_secret}).get_json()
+    # What the app first asked for, as client libraries re-send it: the scope the
+    # creator switched off stays off, and the answer says what was granted.
+    wider = refresh_with_scope(signed_in, tokens["refresh_token"],
+                               "user.info.basic,sound.upload,sound.list")
+    assert wider["scope"] == "user.info.basic,sound.list"
+    upload = signed_in.client.post("/v2/sound/upload/", headers={
+        "Authorization": f"Bearer {wider['access_token']}"})
+    assert upload.status_code == 403
+    narrower = refresh_with_scope(signed_in, wider["refresh_token"], "user.info.basic")
     assert narrower["scope"] == "user.info.basic"
     assert signed_in.api(narrower["access_token"], "/v2/sound/list/").status_code == 403
+
+
+@pytest.mark.parametrize("scope", ["sound.upload", "user.info.basic,no.such.scope"])
+def test_refresh_asking_only_for_ungranted_or_unknown_scopes_is_invalid_scope(
+        signed_in: Flow, scope: str) -> None:
+    tokens = signed_in.tokens(allow=["user.info.basic", "sound.list"])
+    assert refresh_with_scope(signed_in, tokens["refresh_token"], scope)["error"] == \
+        "invalid_scope"
+    assert signed_in.refresh(tokens["refresh_token"]).status_code == 200  # not spent
 
 
 @pytest.mark.parametrize(("after", "works"), [
