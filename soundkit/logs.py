@@ -23,13 +23,15 @@ current_upload_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "upload_id", default=None)
 
 
+#: What a log id looks like (the api's ``new_log_id`` makes them); anything else is not carried.
+_LOG_ID = r"[0-9A-Za-z]{8,64}"
 #: A task id that carries a request's log id: ``<log_id>.<random hex>``.
-_TASK_ID = re.compile(r"^(?P<log_id>[0-9A-Za-z]{8,64})\.[0-9a-f]{32}$")
+_TASK_ID = re.compile(rf"^(?P<log_id>{_LOG_ID})\.[0-9a-f]{{32}}$")
 
 
 def task_id_for(log_id: str | None) -> str | None:
     """A fresh Celery task id that starts with ``log_id`` (None: let Celery pick one)."""
-    if not log_id or not re.fullmatch(r"[0-9A-Za-z]{8,64}", log_id):
+    if not log_id or not re.fullmatch(_LOG_ID, log_id):
         return None
     return f"{log_id}.{uuid.uuid4().hex}"
 

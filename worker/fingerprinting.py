@@ -59,7 +59,6 @@ _SEEN = "fingerprint.seen"
 _FLAGGED = "fingerprint.flagged"
 
 
-
 @dataclass(frozen=True)
 class Actions:
     """``block``, ``flag`` or ``allow`` for each rule."""
@@ -178,7 +177,6 @@ class FingerprintingPolicy:
                             .values(match_detail={"action": "flag", "matches": flagged})
                             .execution_options(synchronize_session=False))
         return None
-
 
 
 def policy_factory(rt: Runtime) -> FingerprintingPolicy:

@@ -598,13 +598,11 @@ def main(argv: list[str] | None = None) -> int:
           f"(chromaprint): {', '.join(dupes) or 'none'}", flush=True)
 
     index = InMemoryIndex()
-    rows = 0
-    minutes = 0.0
-    for ti, path in enumerate(catalog):
-        fp = extract(track_pcm(path), ENGINE_SAMPLE_RATE)
+    catalog_fps = [extract(track_pcm(path), ENGINE_SAMPLE_RATE) for path in catalog]
+    for ti, fp in enumerate(catalog_fps):
         index.add(ti, fp)
-        rows += len(fp)
-        minutes += fp.duration_s / 60
+    rows = sum(len(fp) for fp in catalog_fps)
+    minutes = sum(fp.duration_s for fp in catalog_fps) / 60
     for path in outside:
         track_pcm(path)
     _INDEX = index
@@ -640,10 +638,8 @@ def main(argv: list[str] | None = None) -> int:
     hash_pool = _synthetic_pool([track_pcm(p) for p in tracks], 4000,
                                 np.random.default_rng(11))
     frames = int(minutes * 60 / len(catalog) / (256 / ENGINE_SAMPLE_RATE))
-    sizes = tuple(int(s) for s in args.sizes.split(",") if s)
-    latency = _latency(index, hash_pool, frames, query_fps, sizes)
+    latency = _latency(index, hash_pool, frames, query_fps, tuple(_sizes(args.sizes)))
     print(f"latency done [{time.perf_counter() - started:.0f} s]", flush=True)
-    catalog_fps = [extract(track_pcm(p), ENGINE_SAMPLE_RATE) for p in catalog]
     stored = _stored(args, catalog_fps, _filler_tracks(hash_pool, frames,
                                                    np.random.default_rng(13)),
                      query_fps, rows_per_min)

@@ -17,12 +17,9 @@ import pytest
 from authlib.integrations.requests_client import OAuth2Session
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from api import create_app
-from soundkit import accounts
-from soundkit.db import Database
 from soundkit.settings import Settings
-from tests.conftest import RecordingDispatcher, build_world
-from tests.oauth.live import free_port, serve
+from tests.conftest import RecordingDispatcher
+from tests.oauth.live import serve_with_web_app
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
@@ -42,21 +39,9 @@ def browser() -> Iterator[Browser]:
 @pytest.fixture
 def live(make_settings: Callable[..., Settings],
          dispatcher: RecordingDispatcher) -> Iterator[dict[str, Any]]:
-    port = free_port()
-    api = f"http://127.0.0.1:{port}"
-    settings = make_settings(SOUNDKIT_PUBLIC_URL=api)
-    app = create_app(settings, dispatcher=dispatcher)
-    db = Database(settings.database_url)
-    build_world(db, settings)  # the creator alice (and an unrelated app)
-    with db.session() as session:
-        created = accounts.create_app(session, name="Beat Lab Web", developer="Beat Lab Inc",
-                                      redirect_uris=[f"{api}/demo/callback"],
-                                      secret_key=settings.secret_key)
-    with serve(app, port) as url:
-        yield {"api": url, "client_key": created.app.client_key,
-               "client_secret": created.client_secret, "redirect_uri": f"{api}/demo/callback"}
-    db.dispose()
-    app.extensions["soundkit"].db.dispose()
+    with serve_with_web_app(make_settings, dispatcher, name="Beat Lab Web",
+                            developer="Beat Lab Inc") as found:
+        yield found
 
 
 @pytest.mark.browser

@@ -5,14 +5,21 @@ from __future__ import annotations
 import re
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from html import unescape
+from typing import Any
 from urllib.parse import urljoin
 
 import requests
 from flask import Flask
 from werkzeug.serving import make_server
+
+from api import create_app
+from soundkit import accounts
+from soundkit.db import Database
+from soundkit.settings import Settings
+from tests.conftest import RecordingDispatcher, build_world
 
 
 def free_port() -> int:
@@ -35,6 +42,32 @@ def serve(app: Flask, port: int) -> Iterator[str]:
         server.shutdown()
         server.server_close()
         thread.join(10)
+
+
+@contextmanager
+def serve_with_web_app(make_settings: Callable[..., Settings], dispatcher: RecordingDispatcher,
+                       *, name: str, developer: str) -> Iterator[dict[str, Any]]:
+    """The api over HTTP with the creator alice and one web app whose redirect URI is the
+    bundled reference client page; yields ``api``, ``client_key``, ``client_secret`` and
+    ``redirect_uri``."""
+    port = free_port()
+    api = f"http://127.0.0.1:{port}"
+    settings = make_settings(SOUNDKIT_PUBLIC_URL=api)
+    app = create_app(settings, dispatcher=dispatcher)
+    db = Database(settings.database_url)
+    build_world(db, settings)  # the creator alice (and an unrelated app)
+    with db.session() as session:
+        created = accounts.create_app(session, name=name, developer=developer,
+                                      redirect_uris=[f"{api}/demo/callback"],
+                                      secret_key=settings.secret_key)
+    try:
+        with serve(app, port) as url:
+            yield {"api": url, "client_key": created.app.client_key,
+                   "client_secret": created.client_secret,
+                   "redirect_uri": f"{api}/demo/callback"}
+    finally:
+        db.dispose()
+        app.extensions["soundkit"].db.dispose()
 
 
 def _field(html: str, name: str) -> str:

@@ -14,13 +14,10 @@ from typing import Any
 import pytest
 from requests_oauthlib import OAuth2Session
 
-from api import create_app
-from soundkit import accounts
-from soundkit.db import Database
 from soundkit.settings import Settings
-from tests.conftest import RecordingDispatcher, build_world
+from tests.conftest import RecordingDispatcher
 from tests.oauth.conftest import PASSWORD
-from tests.oauth.live import browse_and_consent, free_port, serve
+from tests.oauth.live import browse_and_consent, serve_with_web_app
 
 ASKED = ["user.info.basic", "sound.upload", "sound.list"]
 
@@ -32,21 +29,9 @@ def live(make_settings: Callable[..., Settings], dispatcher: RecordingDispatcher
     # and by default raises when the granted scope differs from the asked one.
     monkeypatch.setenv("OAUTHLIB_INSECURE_TRANSPORT", "1")
     monkeypatch.setenv("OAUTHLIB_RELAX_TOKEN_SCOPE", "1")
-    port = free_port()
-    api = f"http://127.0.0.1:{port}"
-    settings = make_settings(SOUNDKIT_PUBLIC_URL=api)
-    app = create_app(settings, dispatcher=dispatcher)
-    db = Database(settings.database_url)
-    build_world(db, settings)
-    with db.session() as session:
-        created = accounts.create_app(session, name="Loop Lab", developer="Loop Lab Ltd",
-                                      redirect_uris=[f"{api}/demo/callback"],
-                                      secret_key=settings.secret_key)
-    with serve(app, port) as url:
-        yield {"api": url, "client_key": created.app.client_key,
-               "client_secret": created.client_secret, "redirect_uri": f"{api}/demo/callback"}
-    db.dispose()
-    app.extensions["soundkit"].db.dispose()
+    with serve_with_web_app(make_settings, dispatcher, name="Loop Lab",
+                            developer="Loop Lab Ltd") as found:
+        yield found
 
 
 def test_code_pkce_refresh_replay_and_revoke_with_requests_oauthlib(
