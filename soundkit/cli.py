@@ -277,6 +277,7 @@ def catalog_add(paths: tuple[Path, ...], rights_holder: str, jobs: int) -> None:
             summary[outcome].append(entry)
             bar.update(1)
     if summary["added"]:
+        fpx.repack_index(database.engine)  # refit the layout to the grown index
         with database.session() as session:
             fpx.refresh_statistics(session)
     database.dispose()

@@ -1,23 +1,23 @@
 """The fingerprint index in the database, and what its tracks are.
 
-The engine (:mod:`pipelines.fingerprint`) extracts and matches; it looks rows up
-through a small ``Index`` interface. :class:`SqlIndex` implements that interface
-over the ``fingerprint_hashes`` table, a multiset of ``(hash, track_id, t)`` rows
-with one b-tree on ``hash``:
+The engine (:mod:`pipelines.fingerprint`) extracts and matches; it looks postings
+up through a small ``Index`` interface. :class:`SqlIndex` implements that
+interface over ``fingerprint_blocks``: postings ``(hash, track_id, t)`` packed one
+row per hash bucket, the bucket width fitted to the index's size
+(:mod:`soundkit.postings`). The same SQL serves PostgreSQL and SQLite:
 
-* PostgreSQL: rows are bulk-loaded with ``COPY … FROM STDIN (FORMAT BINARY)``
-  (the payload is built with numpy, so a track of thousands of rows costs one
-  round trip), and looked up with ``hash = ANY(:array)``;
-* SQLite: ``executemany`` inserts and ``hash IN (…)`` lookups in chunks.
+* writing appends each bucket's new records to its row (``INSERT … ON CONFLICT
+  DO UPDATE SET postings = postings || …``), one statement for a whole track;
+* a lookup reads the rows of the query's buckets by primary key (binary results
+  on PostgreSQL) and numpy keeps the postings whose hash was asked;
+* :func:`repack_index` (beat, and after ``catalog add``) rebuilds the blocks in a
+  narrower or wider layout when the index has outgrown its own, online.
 
-Hashes are the engine's uint32 stored as signed 32-bit integers (the same bits), so
-each row is three 4-byte integers. ``track_id`` is a :class:`FingerprintTrack` id,
-which says whether the track is a creator's sound or a protected catalog track.
-
-Deleting a track deletes its rows through the ``hash`` index, using the track's
-own list of distinct hashes kept (compressed) on its ``fingerprint_tracks`` row; a
-second index on ``track_id`` would cost far more than that list. Deleting a sound
-anywhere (:func:`soundkit.library.delete_sound`) removes its rows through the
+``track_id`` is a :class:`FingerprintTrack` id, which says whether the track is a
+creator's sound or a protected catalog track. Deleting a track rewrites the
+blocks of its buckets, found from the track's own list of distinct hashes kept
+(compressed) on its ``fingerprint_tracks`` row. Deleting a sound anywhere
+(:func:`soundkit.library.delete_sound`) removes its postings through the
 on-delete hook registered at the bottom of this module.
 """
 
@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from sqlalchemy import Connection, Engine, delete, func, select, update
+from sqlalchemy import Connection, Engine, bindparam, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -49,6 +49,7 @@ from pipelines import (
     probe,
 )
 from pipelines.fingerprint import (
+    HASH_LIMIT,
     MAX_POSTINGS,
     Fingerprint,
     FingerprintError,
@@ -56,14 +57,16 @@ from pipelines.fingerprint import (
     extract,
     match,
 )
+from soundkit import postings
 from soundkit.db import Database
 from soundkit.library import on_sound_delete
 from soundkit.models import (
     CatalogTrack,
     FingerprintKind,
+    FingerprintLayout,
     FingerprintTrack,
     Sound,
-    fingerprint_hashes,
+    fingerprint_blocks,
 )
 from soundkit.settings import Settings
 
@@ -72,28 +75,24 @@ I32 = npt.NDArray[np.int32]
 
 #: Hashes per ``IN (…)`` on SQLite: far below its bound-parameter limit.
 SQLITE_CHUNK = 500
-#: Bytes per ``COPY`` write on PostgreSQL.
-COPY_BLOCK = 8 * 1024 * 1024
+#: Blocks per ``INSERT … ON CONFLICT`` statement on PostgreSQL.
+PG_BATCH = 50_000
 #: Longest file ``catalog add`` and ``identify`` accept (uploads keep their own bound).
 CATALOG_MAX_DURATION_S = 1800.0
 #: Shortest: a clip to identify may be shorter than an accepted upload.
 CATALOG_MIN_DURATION_S = 1.0
 
-_TABLE = fingerprint_hashes.name
-_HASH_INDEX = next(iter(fingerprint_hashes.indexes))
-_INSERT_SQL = f"INSERT INTO {_TABLE} (hash, track_id, t) VALUES (?, ?, ?)"  # noqa: S608
-_COPY_SQL = f"COPY {_TABLE} (hash, track_id, t) FROM STDIN (FORMAT BINARY)"
-#: At most ``cap`` rows per query hash (one more than the too-common cut is enough to
-#: know a hash is too common), streamed as binary COPY for numpy to parse.
-_PG_LOOKUP_COPY = ("COPY (SELECT f.hash, f.track_id, f.t "  # noqa: S608
-                   "FROM unnest(CAST(%(hashes)s AS integer[])) AS q(h) "
-                   f"CROSS JOIN LATERAL (SELECT hash, track_id, t FROM {_TABLE} "
-                   "WHERE hash = q.h LIMIT %(cap)s) AS f) TO STDOUT (FORMAT BINARY)")
-_PG_SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"
-_PG_TRAILER = b"\xff\xff"
-#: One binary COPY tuple: field count, then (length, value) for each int4 column.
-_PG_ROW = np.dtype([("n", ">i2"), ("l_hash", ">i4"), ("hash", ">i4"), ("l_track", ">i4"),
-                    ("track", ">i4"), ("l_t", ">i4"), ("t", ">i4")])
+_BLOCKS = fingerprint_blocks.name
+_LAYOUT_ID = 1
+#: Blocks moved per transaction when the layout is rebuilt.
+REPACK_BATCH = 20_000
+_PG_APPEND = (f"INSERT INTO {_BLOCKS} (key, postings) "  # noqa: S608
+              "SELECT u.k, u.p FROM unnest(CAST(%(keys)s AS bigint[]), "
+              "CAST(%(blobs)s AS bytea[])) AS u(k, p) ORDER BY u.k "
+              f"ON CONFLICT (key) DO UPDATE SET postings = {_BLOCKS}.postings || EXCLUDED.postings")
+_SQLITE_APPEND = (f"INSERT INTO {_BLOCKS} (key, postings) VALUES (?, ?) "  # noqa: S608
+                  "ON CONFLICT(key) DO UPDATE SET postings = CAST(postings || excluded.postings "
+                  "AS BLOB)")
 
 
 # --- The hash list kept on each track ---------------------------------------------------------
@@ -150,13 +149,33 @@ def hits_for(query: U32, found_hashes: U32, found_tracks: I32, found_times: I32,
     return Hits(query_pos, tracks[rows].astype(np.int32), times[rows].astype(np.int32))
 
 
+@dataclass(frozen=True)
+class Layout:
+    """The index's layout row (see :class:`FingerprintLayout`)."""
+
+    shift: int
+    previous_shift: int | None
+    postings: int
+
+    @property
+    def shifts(self) -> tuple[int, ...]:
+        """Layouts that may hold postings: the current one, and the one being left."""
+        if self.previous_shift is None or self.previous_shift == self.shift:
+            return (self.shift,)
+        return (self.shift, self.previous_shift)
+
+
 class SqlIndex:
     """The engine's ``Index`` over a database connection (PostgreSQL or SQLite).
 
-    Works inside the caller's transaction: pass a ``Session`` (its connection is
-    used) or a plain SQLAlchemy ``Connection``; nothing here commits. ``add``
-    replaces a track's rows; ``bulk_add`` only appends (for filling an index with
-    tracks known to be new, e.g. a benchmark's synthetic filler).
+    Postings live packed in ``fingerprint_blocks``, one row per hash bucket
+    (:mod:`soundkit.postings`). Works inside the caller's transaction: pass a
+    ``Session`` (its connection is used) or a plain SQLAlchemy ``Connection``;
+    nothing here commits. ``add`` replaces a track's postings; ``bulk_add`` only
+    appends (for tracks known to be new, e.g. a benchmark's synthetic filler).
+
+    Every write first locks the layout row, so a write never lands in a layout a
+    rebuild (:func:`repack_index`) has already left behind.
     """
 
     def __init__(self, bind: Session | Connection, *, max_postings: int = MAX_POSTINGS) -> None:
@@ -170,10 +189,35 @@ class SqlIndex:
     def is_postgresql(self) -> bool:
         return self.dialect == "postgresql"
 
+    # -- the layout row --
+
+    def layout(self) -> Layout:
+        """The layout as this transaction sees it (an empty index's when there is no row)."""
+        row = self._conn.execute(select(FingerprintLayout.shift, FingerprintLayout.previous_shift,
+                                        FingerprintLayout.postings)
+                                 .where(FingerprintLayout.id == _LAYOUT_ID)).first()
+        if row is None:
+            return Layout(postings.MAX_SHIFT, None, 0)
+        return Layout(int(row.shift), row.previous_shift, int(row.postings))
+
+    def lock_layout(self, change: int = 0) -> Layout:
+        """Lock the layout row until this transaction ends, adding ``change`` postings."""
+        statement = (update(FingerprintLayout).where(FingerprintLayout.id == _LAYOUT_ID)
+                     .values(postings=FingerprintLayout.postings + change)
+                     .returning(FingerprintLayout.shift, FingerprintLayout.previous_shift,
+                                FingerprintLayout.postings))
+        row = self._conn.execute(statement).first()
+        if row is None:  # a database emptied by hand: start an empty index's layout
+            self._conn.execute(insert(FingerprintLayout).values(
+                id=_LAYOUT_ID, shift=postings.MAX_SHIFT, previous_shift=None, postings=0))
+            row = self._conn.execute(statement).first()
+        assert row is not None
+        return Layout(int(row.shift), row.previous_shift, int(row.postings))
+
     # -- writing --
 
     def add(self, track_id: int, fp: Fingerprint) -> None:
-        """Store ``fp``'s rows under ``track_id``, replacing any previous ones."""
+        """Store ``fp``'s postings under ``track_id``, replacing any previous ones."""
         self.add_arrays(track_id, fp.hashes, fp.times)
 
     def add_arrays(self, track_id: int, hashes: U32, times: I32) -> None:
@@ -187,11 +231,13 @@ class SqlIndex:
             .values(hash_count=int(np.size(hashes)),
                     hash_list=encode_hash_list(np.asarray(hashes, dtype=np.uint32))))
 
-    def bulk_add(self, tracks: Iterable[tuple[int, U32, I32]]) -> int:
-        """Append the rows of many tracks at once; returns the number of rows written.
+    def bulk_add(self, tracks: Iterable[tuple[int, U32, I32]], *,
+                 batch_postings: int = 500_000) -> int:
+        """Append the postings of many tracks; returns how many were written.
 
         Nothing is replaced and no hash list is kept: meant for ids that are not
         registered in ``fingerprint_tracks`` (benchmark filler), or for ``add``.
+        Each batch rewrites every block it touches, so bigger batches write less.
         """
         written = 0
         batch: list[tuple[int, U32, I32]] = []
@@ -199,7 +245,7 @@ class SqlIndex:
         for track in tracks:
             batch.append(track)
             size += int(np.size(track[1]))
-            if size >= 500_000:
+            if size >= batch_postings:
                 written += self._write(batch)
                 batch, size = [], 0
         if batch:
@@ -207,106 +253,150 @@ class SqlIndex:
         return written
 
     def _write(self, batch: list[tuple[int, U32, I32]]) -> int:
-        hashes = np.concatenate([_as_signed(h) for _, h, _ in batch])
-        times = np.concatenate([np.asarray(t, dtype=np.int32) for _, _, t in batch])
-        tracks = np.repeat(np.asarray([i for i, _, _ in batch], dtype=np.int32),
-                           [int(np.size(h)) for _, h, _ in batch])
-        if hashes.size == 0:
+        counts = [int(np.size(h)) for _, h, _ in batch]
+        total = sum(counts)
+        if total == 0:
             return 0
-        if self.is_postgresql:
-            self._copy(hashes, tracks, times)
-        else:
-            rows = list(zip(hashes.tolist(), tracks.tolist(), times.tolist(), strict=True))
-            self._conn.exec_driver_sql(_INSERT_SQL, rows)
-        return int(hashes.size)
+        recs = postings.records(
+            np.concatenate([np.asarray(h, dtype=np.uint32) for _, h, _ in batch]),
+            np.repeat(np.asarray([i for i, _, _ in batch], dtype=np.int32), counts),
+            np.concatenate([np.asarray(t, dtype=np.int32) for _, _, t in batch]))
+        layout = self.lock_layout(total)
+        self.append_blocks(postings.group(recs, layout.shift))
+        return total
 
-    def _copy(self, hashes: I32, tracks: I32, times: I32) -> None:
-        """One binary ``COPY``: the tuples are laid out by numpy, not row by row in Python."""
-        rows = np.empty(hashes.size, dtype=_PG_ROW)
-        rows["n"] = 3
-        rows["l_hash"] = rows["l_track"] = rows["l_t"] = 4
-        rows["hash"], rows["track"], rows["t"] = hashes, tracks, times
-        payload = memoryview(_PG_SIGNATURE + rows.tobytes() + _PG_TRAILER)
-        raw: Any = self._conn.connection.driver_connection
-        with raw.cursor() as cursor, cursor.copy(_COPY_SQL) as copy:
-            for start in range(0, len(payload), COPY_BLOCK):
-                copy.write(payload[start:start + COPY_BLOCK])
+    def append_blocks(self, blocks: Sequence[tuple[int, bytes]]) -> None:
+        """Append each ``(key, postings)`` to its row (creating the rows that are new)."""
+        if not blocks:
+            return
+        if self.is_postgresql:
+            for start in range(0, len(blocks), PG_BATCH):
+                part = blocks[start:start + PG_BATCH]
+                self._conn.exec_driver_sql(_PG_APPEND, {"keys": [k for k, _ in part],
+                                                        "blobs": [b for _, b in part]})
+        else:
+            self._conn.exec_driver_sql(_SQLITE_APPEND, list(blocks))
 
     def remove(self, track_id: int) -> None:
-        """Forget every row of ``track_id`` (no error if it has none).
+        """Forget every posting of ``track_id`` (no error if it has none)."""
+        self.remove_counting(track_id)
 
-        A registered track's rows are found through the ``hash`` index from its
+    def remove_counting(self, track_id: int) -> int:
+        """``remove``, returning how many postings went.
+
+        A registered track's blocks are the buckets of the distinct hashes on its
         hash list (a registered track without one was never indexed: nothing to
-        do). Rows of an id that is not registered at all (``bulk_add`` filler)
-        can only be found by scanning the table.
+        do). The postings of an id that is not registered at all (``bulk_add``
+        filler) can only be found by reading every block.
         """
         row = self._conn.execute(select(FingerprintTrack.id, FingerprintTrack.hash_list)
                                  .where(FingerprintTrack.id == track_id)).first()
+        if row is not None and row.hash_list is None:
+            return 0
+        layout = self.lock_layout()
         if row is None:
-            table = fingerprint_hashes
-            self._conn.execute(delete(table).where(table.c.track_id == track_id))
-            return
-        if row.hash_list is None:
-            return
-        signed = _as_signed(decode_hash_list(row.hash_list)).tolist()
-        if self.is_postgresql:
-            self._conn.exec_driver_sql(
-                f"DELETE FROM {_TABLE} WHERE track_id = %(track)s "  # noqa: S608
-                "AND hash = ANY(CAST(%(hashes)b AS integer[]))",
-                {"track": track_id, "hashes": signed})
-            return
-        for start in range(0, len(signed), SQLITE_CHUNK):
-            part = signed[start:start + SQLITE_CHUNK]
-            marks = ",".join("?" * len(part))
-            self._conn.exec_driver_sql(
-                f"DELETE FROM {_TABLE} WHERE track_id = ? AND hash IN ({marks})",  # noqa: S608
-                (track_id, *part))
+            removed = self._remove_scanning(track_id)
+        else:
+            hashes = decode_hash_list(row.hash_list)
+            keys = np.unique(np.concatenate([postings.keys_for(hashes, s)
+                                             for s in layout.shifts]))
+            removed = self._rewrite_without(self._blocks(keys.tolist(), lock=True), track_id)
+        if removed:
+            self.lock_layout(-removed)
+        return removed
+
+    def _remove_scanning(self, track_id: int) -> int:
+        removed, after = 0, -1
+        while True:
+            rows = self._conn.execute(
+                select(fingerprint_blocks.c.key, fingerprint_blocks.c.postings)
+                .where(fingerprint_blocks.c.key > after).order_by(fingerprint_blocks.c.key)
+                .limit(REPACK_BATCH)).all()
+            if not rows:
+                return removed
+            removed += self._rewrite_without([(int(k), bytes(b)) for k, b in rows], track_id)
+            after = int(rows[-1][0])
+
+    def _rewrite_without(self, blocks: Sequence[tuple[int, bytes]], track_id: int) -> int:
+        """Rewrite ``blocks`` without ``track_id``'s postings; returns how many went."""
+        changed: list[tuple[bytes, int]] = []
+        emptied: list[int] = []
+        removed = 0
+        for key, blob in blocks:
+            kept = postings.without_track(blob, track_id)
+            if kept is None:
+                continue
+            removed += (len(blob) - len(kept)) // postings.RECORD.itemsize
+            if kept:
+                changed.append((kept, key))
+            else:
+                emptied.append(key)
+        table = fingerprint_blocks
+        if changed:
+            self._conn.execute(update(table).where(table.c.key == bindparam("k"))
+                               .values(postings=bindparam("p")),
+                               [{"k": k, "p": p} for p, k in changed])
+        for start in range(0, len(emptied), SQLITE_CHUNK):
+            self._conn.execute(delete(table).where(
+                table.c.key.in_(emptied[start:start + SQLITE_CHUNK])))
+        return removed
 
     # -- reading --
 
+    def _blocks(self, keys: list[int], *, lock: bool = False) -> list[tuple[int, bytes]]:
+        """``(key, postings)`` of the blocks among ``keys`` that exist."""
+        if not keys:
+            return []
+        if self.is_postgresql:
+            sql = f"SELECT key, postings FROM {_BLOCKS} WHERE key = ANY(%(keys)b)"  # noqa: S608
+            if lock:
+                rows = self._conn.exec_driver_sql(sql + " ORDER BY key FOR UPDATE",
+                                                  {"keys": keys}).all()
+            else:  # the lookup: binary results, bytea arrives as bytes, not hex to decode
+                raw: Any = self._conn.connection.driver_connection
+                with raw.cursor(binary=True) as cursor:
+                    cursor.execute(sql, {"keys": keys})
+                    rows = cursor.fetchall()
+        else:
+            rows = []
+            for start in range(0, len(keys), SQLITE_CHUNK):
+                part = keys[start:start + SQLITE_CHUNK]
+                marks = ",".join("?" * len(part))
+                rows += self._conn.exec_driver_sql(
+                    f"SELECT key, postings FROM {_BLOCKS} WHERE key IN ({marks})",  # noqa: S608
+                    tuple(part)).all()
+        return [(int(k), bytes(b)) for k, b in rows]
+
     def lookup(self, hashes: U32) -> Hits:
-        """Every stored row whose hash is in ``hashes`` (too-common hashes left out)."""
+        """Every stored posting whose hash is in ``hashes`` (too-common hashes left out)."""
         query = np.asarray(hashes, dtype=np.uint32)
         if query.size == 0:
             return _empty_hits()
-        distinct = _as_signed(np.unique(query)).tolist()
-        found = self._fetch_pg(distinct) if self.is_postgresql else self._fetch_sqlite(distinct)
-        if found.size == 0:
+        distinct = np.unique(query)
+        keys = np.unique(np.concatenate([postings.keys_for(distinct, s)
+                                         for s in self.layout().shifts]))
+        blocks = self._blocks(keys.tolist())
+        if not blocks:
             return _empty_hits()
-        return hits_for(query, found[:, 0].astype(np.int32).view(np.uint32),
-                        found[:, 1].astype(np.int32), found[:, 2].astype(np.int32),
-                        self.max_postings)
+        recs = postings.decode(b"".join(blob for _, blob in blocks))
+        return hits_for(query, recs["hash"].astype(np.uint32), recs["track"].astype(np.int32),
+                        recs["t"].astype(np.int32), self.max_postings)
 
-    def _fetch_pg(self, distinct: list[int]) -> npt.NDArray[np.int64]:
-        """Rows of ``distinct``, never more than ``max_postings + 1`` for one hash.
-
-        A common hash would otherwise bring back thousands of rows only for
-        ``hits_for`` to drop them; and rows arrive as binary COPY, parsed by numpy,
-        not as one Python tuple each.
-        """
-        raw: Any = self._conn.connection.driver_connection
-        data = bytearray()
-        params = {"hashes": distinct, "cap": self.max_postings + 1}
-        with raw.cursor() as cursor, cursor.copy(_PG_LOOKUP_COPY, params) as copy:
-            for block in copy:
-                data += block
-        body = len(data) - len(_PG_SIGNATURE) - len(_PG_TRAILER)
-        rows = np.frombuffer(data, dtype=_PG_ROW, count=max(body, 0) // _PG_ROW.itemsize,
-                             offset=len(_PG_SIGNATURE))
-        return np.stack([rows["hash"], rows["track"], rows["t"]], axis=1).astype(np.int64)
-
-    def _fetch_sqlite(self, distinct: list[int]) -> npt.NDArray[np.int64]:
-        """As ``_fetch_pg``: at most ``max_postings + 1`` rows per hash, in chunks."""
-        rows: list[Any] = []
-        for start in range(0, len(distinct), SQLITE_CHUNK):
-            part = distinct[start:start + SQLITE_CHUNK]
-            values = ",".join(["(?)"] * len(part))
-            rows += self._conn.exec_driver_sql(
-                f"WITH q(h) AS (VALUES {values}) "  # noqa: S608
-                f"SELECT f.hash, f.track_id, f.t FROM q JOIN {_TABLE} f ON f.rowid IN "
-                f"(SELECT rowid FROM {_TABLE} WHERE hash = q.h LIMIT ?)",
-                (*part, self.max_postings + 1)).all()
-        return np.asarray(rows, dtype=np.int64).reshape(-1, 3)
+    def posting_count(self, track_id: int | None = None) -> int:
+        """Postings stored (of one track, or in all), by reading every block: for tests."""
+        total, after = 0, -1
+        while True:
+            rows = self._conn.execute(
+                select(fingerprint_blocks.c.key, fingerprint_blocks.c.postings)
+                .where(fingerprint_blocks.c.key > after).order_by(fingerprint_blocks.c.key)
+                .limit(REPACK_BATCH)).all()
+            if not rows:
+                return total
+            for _, blob in rows:
+                recs = postings.decode(bytes(blob))
+                total += int(recs.shape[0] if track_id is None
+                             else np.count_nonzero(recs["track"] == track_id))
+            after = int(rows[-1][0])
 
 
 # --- Registering and forgetting tracks ----------------------------------------------------------
@@ -586,90 +676,140 @@ def refresh_statistics(session: Session) -> None:
     """After a bulk load, let PostgreSQL's planner see the new rows (or it may scan)."""
     conn = session.connection()
     if conn.dialect.name == "postgresql":
-        conn.exec_driver_sql(f"ANALYZE {_TABLE}")
+        conn.exec_driver_sql(f"ANALYZE {_BLOCKS}")
+
+
+# --- Keeping the layout fitted to the index's size ------------------------------------------------
+
+
+def repack_index(engine: Engine, *, expected_postings: int = 0,
+                 batch: int = REPACK_BATCH) -> bool:
+    """Rebuild the blocks in the layout that fits the index's size; True if it had to.
+
+    ``expected_postings`` fits the layout to a size the index is about to reach
+    (before a bulk load), so the load writes each block once. Online and
+    resumable: blocks move ``batch`` at a time, each batch in its own transaction
+    under the layout lock (writes wait only for one batch), lookups read both
+    layouts meanwhile, and an interrupted rebuild is carried on by the next call.
+    """
+    with engine.begin() as conn:
+        layout = SqlIndex(conn).lock_layout()
+        old, new = layout.previous_shift, layout.shift
+        if old is None:
+            target = postings.refit(layout.shift, max(layout.postings, expected_postings))
+            if target is None:
+                return False
+            old, new = layout.shift, target
+            conn.execute(update(FingerprintLayout).where(FingerprintLayout.id == _LAYOUT_ID)
+                         .values(shift=new, previous_shift=old))
+    blocks = fingerprint_blocks
+    first, end = int(postings.block_key(old, 0)), int(postings.block_key(old + 1, 0))
+    while True:
+        with engine.begin() as conn:
+            index = SqlIndex(conn)
+            index.lock_layout()
+            rows = conn.execute(select(blocks.c.key, blocks.c.postings)
+                                .where(blocks.c.key >= first, blocks.c.key < end)
+                                .order_by(blocks.c.key).limit(batch)).all()
+            if not rows:
+                conn.execute(update(FingerprintLayout).where(FingerprintLayout.id == _LAYOUT_ID)
+                             .values(previous_shift=None))
+                return True
+            last = int(rows[-1][0])
+            conn.execute(delete(blocks).where(blocks.c.key >= first, blocks.c.key <= last))
+            recs = postings.decode(b"".join(bytes(blob) for _, blob in rows))
+            index.append_blocks(postings.group(recs, new))
+            first = last + 1
 
 
 # --- Measuring (tests, benchmark) ----------------------------------------------------------------
 
 
 def index_size_bytes(conn: Connection) -> int:
-    """Bytes the index occupies on disk: hash rows, their index and the track table.
+    """Bytes the index occupies on disk: its blocks, its layout row and the track table.
 
     PostgreSQL: ``pg_total_relation_size`` (heap, indexes, TOAST). SQLite: the
     pages of those tables and their indexes, from the ``dbstat`` virtual table.
     """
-    tables = (fingerprint_hashes.name, FingerprintTrack.__tablename__)
+    tables = (_BLOCKS, FingerprintLayout.__tablename__, FingerprintTrack.__tablename__)
     if conn.dialect.name == "postgresql":
         total = conn.exec_driver_sql(
-            "SELECT pg_total_relation_size(%(a)s) + pg_total_relation_size(%(b)s)",
-            {"a": tables[0], "b": tables[1]}).scalar()
+            "SELECT pg_total_relation_size(%(a)s) + pg_total_relation_size(%(b)s) "
+            "+ pg_total_relation_size(%(c)s)", dict(zip("abc", tables, strict=True))).scalar()
     else:
         total = conn.exec_driver_sql(
             "SELECT SUM(d.pgsize) FROM dbstat d JOIN sqlite_master m ON m.name = d.name "
-            "WHERE m.tbl_name IN (?, ?)", tables).scalar()
+            "WHERE m.tbl_name IN (?, ?, ?)", tables).scalar()
     return int(total or 0)
 
 
 def synthetic_tracks(n_tracks: int, *, rows_per_track: int = 2500, first_id: int = 1,
-                     hash_bits: int = 26, seed: int = 0,
+                     hash_limit: int = HASH_LIMIT, seed: int = 0,
                      frames: int = 7800) -> Iterator[tuple[int, U32, I32]]:
     """Filler tracks of uniformly random hashes for sizing an index (not for matching).
 
-    2,500 rows is about three minutes of audio at the engine's reference density;
-    7,800 frames is three minutes of anchor times.
+    2,500 rows is about two minutes of audio at the engine's reference density;
+    7,800 frames is three minutes of anchor times. Hashes cover the engine's range.
     """
     rng = np.random.default_rng(seed)
     for track_id in range(first_id, first_id + n_tracks):
-        hashes = rng.integers(0, 1 << hash_bits, rows_per_track, dtype=np.uint32)
+        hashes = rng.integers(0, hash_limit, rows_per_track, dtype=np.uint32)
         times = np.sort(rng.integers(0, frames, rows_per_track, dtype=np.int32))
         yield track_id, hashes, times
 
 
-def fill_synthetic(conn: Connection, n_tracks: int, *, rows_per_track: int = 2500,
-                   first_id: int = 1_000_000, seed: int = 0,
-                   rebuild_index: bool = True) -> int:
-    """Append ``n_tracks`` filler tracks to the index on ``conn``; returns the rows written.
+def fill_synthetic(engine: Engine, n_tracks: int, *, rows_per_track: int = 2500,
+                   first_id: int = 1_000_000, seed: int = 0) -> int:
+    """Append ``n_tracks`` filler tracks to the index behind ``engine``; returns the rows.
 
     For benchmarks on a scratch database migrated to head: the filler ids start far
     above real ones and are not registered in ``fingerprint_tracks``, so ``identify``
-    ignores them while ``match`` still has to wade through their rows. On PostgreSQL,
-    ``rebuild_index`` drops the ``hash`` index for the load and builds it again after
-    (several times faster than maintaining it row by row, and a tighter b-tree), then
-    runs ``ANALYZE``. The caller commits.
+    ignores them while ``match`` still has to read their postings. The layout is
+    fitted to the final size first, then the filler is loaded as a bulk import is
+    (:func:`bulk_load`).
     """
+    with engine.connect() as conn:
+        have = SqlIndex(conn).layout().postings
+    repack_index(engine, expected_postings=have + n_tracks * rows_per_track)
     tracks = synthetic_tracks(n_tracks, rows_per_track=rows_per_track, first_id=first_id,
                               seed=seed)
-    if conn.dialect.name == "postgresql" and rebuild_index:
-        with bulk_load(conn) as index:
-            return index.bulk_add(tracks)
-    written = SqlIndex(conn).bulk_add(tracks)
-    conn.exec_driver_sql(f"ANALYZE {_TABLE}")
-    return written
+    with engine.begin() as conn, bulk_load(conn) as index:
+        return index.bulk_add(tracks)
+
+
+#: Postings per batch of a bulk load: each batch appends once to every block it touches.
+BULK_BATCH = 20_000_000
 
 
 @contextmanager
-def bulk_load(conn: Connection) -> Iterator[SqlIndex]:
-    """Append many rows with the ``hash`` b-tree dropped, then build it again in one go.
+def bulk_load(conn: Connection) -> Iterator[BulkIndex]:
+    """An index whose ``bulk_add`` appends in large batches, then ``ANALYZE``.
 
-    Several times faster than growing the b-tree row by row with random keys, and a
-    tighter b-tree; then ``ANALYZE``. The rebuilt index is the model's own definition.
-    The caller commits; on PostgreSQL a ``VACUUM`` afterwards (``vacuum_index``) lets
-    lookups skip the heap at once instead of when autovacuum comes by.
+    Every batch rewrites each block it touches, so a load in few large batches
+    writes each block a few times instead of once per track. Fit the layout to
+    the size being reached first (``repack_index(…, expected_postings=…)``). The
+    caller commits; a ``VACUUM`` afterwards (``vacuum_index``) reclaims the old
+    versions of the blocks for later writes.
     """
+    yield BulkIndex(conn)
     if conn.dialect.name == "postgresql":
-        conn.exec_driver_sql("SET LOCAL maintenance_work_mem = '1GB'")
-    _HASH_INDEX.drop(conn)
-    yield SqlIndex(conn)
-    _HASH_INDEX.create(conn)
-    conn.exec_driver_sql(f"ANALYZE {_TABLE}")
+        conn.exec_driver_sql(f"ANALYZE {_BLOCKS}")
+
+
+class BulkIndex(SqlIndex):
+    """``SqlIndex`` whose ``bulk_add`` batches ``BULK_BATCH`` postings at a time."""
+
+    def bulk_add(self, tracks: Iterable[tuple[int, U32, I32]], *,
+                 batch_postings: int = BULK_BATCH) -> int:
+        return super().bulk_add(tracks, batch_postings=batch_postings)
 
 
 def vacuum_index(engine: Engine) -> None:
-    """``VACUUM`` the hash rows (PostgreSQL): marks pages all-visible for index-only scans."""
+    """``VACUUM`` the blocks (PostgreSQL): the space of their old versions is reused."""
     if engine.dialect.name != "postgresql":
         return
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        conn.exec_driver_sql(f"VACUUM {_TABLE}")
+        conn.exec_driver_sql(f"VACUUM {_BLOCKS}")
 
 
 def lookup_latencies(conn: Connection, queries: Sequence[Fingerprint]) -> list[float]:

@@ -27,6 +27,9 @@ QUEUES = (INGEST_QUEUE, WEBHOOK_QUEUE, MAINTENANCE_QUEUE)
 TASK_INGEST = "soundkit.ingest"
 TASK_DELIVER_WEBHOOK = "soundkit.deliver_webhook"
 TASK_RECONCILE = "soundkit.reconcile"
+TASK_REPACK_INDEX = "soundkit.repack_fingerprint_index"
+#: How often beat checks that the fingerprint index's layout fits its size.
+REPACK_INTERVAL_S = 600
 TASK_DELIVER_DUE_WEBHOOKS = "soundkit.deliver_due_webhooks"
 
 
@@ -69,6 +72,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             TASK_DELIVER_WEBHOOK: {"queue": WEBHOOK_QUEUE},
             TASK_DELIVER_DUE_WEBHOOKS: {"queue": MAINTENANCE_QUEUE},
             TASK_RECONCILE: {"queue": MAINTENANCE_QUEUE},
+            TASK_REPACK_INDEX: {"queue": MAINTENANCE_QUEUE},
         },
         "task_serializer": "json",
         "accept_content": ["json"],
@@ -79,6 +83,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "deliver-due-webhooks": {"task": TASK_DELIVER_DUE_WEBHOOKS,
                                      "schedule": settings.reconcile_interval_s,
                                      "options": {"expires": settings.reconcile_interval_s * 3}},
+            "repack-fingerprint-index": {"task": TASK_REPACK_INDEX,
+                                         "schedule": REPACK_INTERVAL_S,
+                                         "options": {"expires": REPACK_INTERVAL_S}},
         },
         "beat_schedule_filename": str(settings.var_dir / "celerybeat-schedule"),
         "worker_send_task_events": True,

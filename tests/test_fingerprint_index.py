@@ -12,16 +12,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sqlalchemy import event, func, inspect, select
+import sqlalchemy as sa
+from sqlalchemy import event, select
 
 from pipelines.fingerprint import SCORE_THRESHOLD, Fingerprint, InMemoryIndex, extract, match
 from soundkit import fingerprints as fpx
-from soundkit.db import Database
+from soundkit import migrate, postings
+from soundkit.db import Database, scratch_postgres_database
 from soundkit.library import delete_sound
-from soundkit.models import App, FingerprintKind, FingerprintTrack, Sound, fingerprint_hashes
+from soundkit.models import App, FingerprintKind, FingerprintTrack, Sound
 from soundkit.settings import Settings, load_settings
 from soundkit.storage import open_store
-from tests.conftest import SECRET, World, build_world
+from tests.conftest import PG_ADMIN_URL, SECRET, World, build_world, require_port
 from tests.music import SR, melody
 
 U32 = np.uint32
@@ -53,11 +55,8 @@ def triples(hits: object) -> list[tuple[int, int, int]]:
 
 
 def row_count(db: Database, track_id: int | None = None) -> int:
-    query = select(func.count()).select_from(fingerprint_hashes)
-    if track_id is not None:
-        query = query.where(fingerprint_hashes.c.track_id == track_id)
     with db.engine.connect() as conn:
-        return int(conn.execute(query).scalar_one())
+        return fpx.SqlIndex(conn).posting_count(track_id)
 
 
 def test_lookup_answers_like_the_in_memory_index(index_db: Database) -> None:
@@ -236,25 +235,26 @@ def _sound(db: Database, world: World) -> str:
 
 def test_benchmark_filler_and_latency_helpers(index_db: Database) -> None:
     pcm = melody(81, 20.0)
+    assert fpx.fill_synthetic(index_db.engine, 60, rows_per_track=500) == 60 * 500
     with index_db.engine.begin() as conn:
-        assert fpx.fill_synthetic(conn, 60, rows_per_track=500) == 60 * 500
         fpx.SqlIndex(conn).add(7, extract(pcm, SR))
     assert row_count(index_db) >= 60 * 500
     with index_db.engine.connect() as conn:
-        indexes = inspect(conn).get_indexes(fingerprint_hashes.name)
-        assert [i["column_names"] for i in indexes] == [["hash"]]  # rebuilt after the load
+        layout = fpx.SqlIndex(conn).layout()
+        assert layout.shift == postings.shift_for(60 * 500)  # fitted before the load
+        assert layout.postings == row_count(index_db)
         query = extract(pcm[4 * SR:12 * SR], SR, query=True)
         assert [m.track_id for m in match(query, fpx.SqlIndex(conn))] == [7]
         seconds = fpx.lookup_latencies(conn, [query, query])
     assert len(seconds) == 2 and all(s > 0 for s in seconds)
 
 
-def test_indexing_and_forgetting_a_track_never_scans_the_rows(index_db: Database) -> None:
-    """Deletes go through the ``hash`` index: a ``track_id``-only delete would read every row."""
+def test_indexing_and_forgetting_a_track_never_scans_the_blocks(index_db: Database) -> None:
+    """A track's blocks are found from its hash list: reading every block would be a scan."""
     statements: list[str] = []
 
     def record(conn: object, cursor: object, statement: str, *args: object) -> None:
-        if "fingerprint_hashes" in statement and statement.lstrip().upper().startswith("DELETE"):
+        if "fingerprint_blocks" in statement:
             statements.append(" ".join(statement.split()))
 
     event.listen(index_db.engine, "before_cursor_execute", record)
@@ -263,11 +263,131 @@ def test_indexing_and_forgetting_a_track_never_scans_the_rows(index_db: Database
         with index_db.session() as session:
             track = fpx.add_catalog_track(session, title="T", rights_holder="R",
                                           sha256="f" * 64, fp=fp, duration_s=12.0)
-        assert statements == []  # a new track has nothing to delete
+        assert statements and all(s.startswith("INSERT") for s in statements)  # appends only
+        statements.clear()
         with index_db.session() as session:
             fpx.remove_catalog_track(session, track.id)
     finally:
         event.remove(index_db.engine, "before_cursor_execute", record)
-    assert statements and all("hash" in s.split("WHERE", 1)[1].replace("track_id", "")
-                              for s in statements), statements
+    reads = [s for s in statements if s.startswith("SELECT")]
+    assert reads and all(("ANY(" in s or " IN (" in s) and "key >" not in s
+                         for s in reads), statements
     assert row_count(index_db) == 0
+
+
+def _all_triples(db: Database, tracks: dict[int, tuple[np.ndarray, np.ndarray]],
+                 query: np.ndarray) -> list[tuple[int, int, int]]:
+    with db.engine.connect() as conn:
+        return triples(fpx.SqlIndex(conn, max_postings=10_000).lookup(query))
+
+
+def test_the_layout_follows_the_index_size_and_lookups_never_notice(index_db: Database) -> None:
+    """Grown past its layout, the index splits its buckets; shrunk, it merges them.
+
+    Lookups answer the same before, during (two layouts at once) and after a rebuild,
+    and postings written while a rebuild is under way are not lost.
+    """
+    rng = np.random.default_rng(11)
+    tracks = {i: random_track(rng, 3000) for i in range(1, 7)}
+    memory = InMemoryIndex(max_postings=10_000)
+    for i, (h, t) in tracks.items():
+        memory.add_arrays(i, h, t)
+    query = np.concatenate([tracks[2][0][:400], tracks[5][0][-300:]])
+    expected = triples(memory.lookup(query))
+    with index_db.engine.begin() as conn:
+        fpx.SqlIndex(conn).bulk_add((i, h, t) for i, (h, t) in tracks.items() if i < 6)
+    with index_db.engine.connect() as conn:
+        before = fpx.SqlIndex(conn).layout()
+    assert before.shift == postings.MAX_SHIFT and before.postings == 5 * 3000
+    # Half a rebuild: the layout is switched and one batch of blocks has moved.
+    target = postings.shift_for(6 * 3000)
+    assert target < before.shift
+    with index_db.engine.begin() as conn:
+        conn.execute(sa.update(fpx.FingerprintLayout).values(shift=target,
+                                                             previous_shift=before.shift))
+        fpx.SqlIndex(conn).bulk_add([(6, *tracks[6])])  # written in the new layout
+    assert _all_triples(index_db, tracks, query) == expected
+    assert fpx.repack_index(index_db.engine, batch=7) is True  # carries on, 7 blocks a batch
+    with index_db.engine.connect() as conn:
+        after = fpx.SqlIndex(conn).layout()
+        shifts = {postings.key_shift(k) for k in conn.execute(
+            sa.select(fpx.fingerprint_blocks.c.key)).scalars()}
+    assert (after.shift, after.previous_shift, after.postings) == (target, None, 6 * 3000)
+    assert shifts == {target}
+    assert _all_triples(index_db, tracks, query) == expected
+    assert fpx.repack_index(index_db.engine) is False  # fits: nothing to do
+    assert row_count(index_db) == 6 * 3000
+    # Forget most of it: the buckets widen again.
+    with index_db.engine.begin() as conn:
+        for i in range(1, 6):
+            fpx.SqlIndex(conn).remove(i)
+    assert fpx.repack_index(index_db.engine) is True
+    with index_db.engine.connect() as conn:
+        assert fpx.SqlIndex(conn).layout().shift == postings.shift_for(3000) > target
+    memory = InMemoryIndex(max_postings=10_000)
+    memory.add_arrays(6, *tracks[6])
+    probe = tracks[6][0][:500]
+    assert _all_triples(index_db, tracks, probe) == triples(memory.lookup(probe))
+
+
+def test_a_damaged_block_is_reported_not_misread(index_db: Database) -> None:
+    with index_db.engine.begin() as conn:
+        conn.execute(sa.insert(fpx.fingerprint_blocks).values(
+            key=int(postings.block_key(postings.MAX_SHIFT, 0)), postings=b"\x00" * 13))
+    with index_db.engine.connect() as conn, pytest.raises(ValueError, match="damaged"):
+        fpx.SqlIndex(conn).lookup(np.array([5], dtype=U32))
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_rows_of_the_earlier_layout_are_carried_over(backend: str, tmp_path: Path) -> None:
+    """``upgrade`` from one row per posting packs them; ``downgrade`` unpacks them."""
+    if backend == "sqlite":
+        _carry_over(f"sqlite:///{tmp_path / 'old.db'}")
+        return
+    require_port("127.0.0.1", 5432, "PostgreSQL")
+    with scratch_postgres_database(PG_ADMIN_URL, "soundkit_migrate") as url:
+        _carry_over(url)
+
+
+def _carry_over(url: str) -> None:
+    rng = np.random.default_rng(5)
+    hashes = rng.integers(0, 2**32, 2000, dtype=np.uint64).astype(U32)
+    tracks = rng.integers(1, 40, 2000).astype(np.int32)
+    times = rng.integers(0, 9000, 2000).astype(np.int32)
+    migrate.upgrade(url, "0004")
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text("INSERT INTO fingerprint_hashes (hash, track_id, t) "
+                                 "VALUES (:h, :i, :t)"),
+                         [{"h": h, "i": i, "t": t} for h, i, t in zip(
+                             hashes.view(np.int32).tolist(), tracks.tolist(), times.tolist(),
+                             strict=True)])
+        migrate.upgrade(url)
+        memory = InMemoryIndex(max_postings=10_000)
+        for i in np.unique(tracks).tolist():
+            memory.add_arrays(i, hashes[tracks == i], times[tracks == i])
+        with engine.connect() as conn:
+            index = fpx.SqlIndex(conn, max_postings=10_000)
+            assert index.layout().postings == 2000
+            assert triples(index.lookup(hashes[::3])) == triples(memory.lookup(hashes[::3]))
+        migrate.downgrade(url, "0004")
+        with engine.connect() as conn:
+            back = conn.execute(sa.text("SELECT hash, track_id, t FROM fingerprint_hashes")).all()
+        assert sorted(back) == sorted(zip(hashes.view(np.int32).tolist(), tracks.tolist(),
+                                          times.tolist(), strict=True))
+        migrate.upgrade(url)
+    finally:
+        engine.dispose()
+
+
+def test_beat_keeps_the_layout_fitted(index_db: Database, tmp_path: Path) -> None:
+    """The maintenance task that refits the layout (repack_index, tested above) is scheduled."""
+    from soundkit.queue import MAINTENANCE_QUEUE, TASK_REPACK_INDEX, celery_config
+    from worker.app import repack_fingerprint_index
+
+    config = celery_config(_settings_for(index_db, tmp_path))
+    [entry] = [e for e in config["beat_schedule"].values() if e["task"] == TASK_REPACK_INDEX]
+    assert entry["schedule"] > 0
+    assert config["task_routes"][TASK_REPACK_INDEX] == {"queue": MAINTENANCE_QUEUE}
+    assert repack_fingerprint_index.name == TASK_REPACK_INDEX

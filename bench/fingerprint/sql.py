@@ -4,10 +4,11 @@ The in-memory latency of ``run.py`` measures the engine; this stage measures the
 index the worker really queries (``soundkit.fingerprints.SqlIndex``): a scratch
 database migrated to head, the real catalog registered track by track as ingest
 does, then padded with filler tracks (the corpus's hash statistics, random
-times) bulk-loaded the way a catalog import is (binary ``COPY`` on PostgreSQL,
-the ``hash`` index rebuilt afterwards). At each size it records
+times) bulk-loaded the way a large import is (the layout fitted to the size being
+reached, postings appended in large batches). At each size it records
 
-* bytes on disk (table, its index and the track table) per minute of audio, the
+* bytes on disk (blocks, their primary key, TOAST and the track table, after a
+  plain ``VACUUM``) per minute of audio, the
   filler counted at the real catalog's rows per minute, and
 * lookup + match latency of real 10 s query clips, p50 and p95.
 
@@ -88,11 +89,11 @@ def measure(url: str, backend: str, catalog: Sequence[Fingerprint], filler: Fill
         real_rows = sum(len(fp) for fp in catalog)
         real_minutes = sum(fp.duration_s for fp in catalog) / 60
         rows, tracks = real_rows, len(catalog)
+        fpx.repack_index(engine)  # as beat does after uploads
         for size in sorted(sizes):
             started = time.perf_counter()
-            with engine.begin() as conn:
-                rows += _grow(conn, filler, tracks, size)
-                tracks = max(size, tracks)
+            rows += _grow(engine, filler, tracks, size, real_rows / max(len(catalog), 1))
+            tracks = max(size, tracks)
             fpx.vacuum_index(engine)
             with engine.connect() as conn:
                 size_bytes = fpx.index_size_bytes(conn) - empty
@@ -122,12 +123,25 @@ def _register(conn: Connection, catalog: Sequence[Fingerprint]) -> None:
         index.add(track_id, fp)
 
 
-def _grow(conn: Connection, filler: Filler, have: int, want: int) -> int:
-    """Bulk-load filler tracks up to ``want``; returns the rows written."""
+#: Postings per batch of the filler load: each batch rewrites every block it touches once.
+FILLER_BATCH = 100_000_000
+
+
+def _grow(engine: sa.Engine, filler: Filler, have: int, want: int,
+          rows_per_track: float) -> int:
+    """Bulk-load filler tracks up to ``want``; returns the rows written.
+
+    As a bulk import is done: the layout is fitted to the size being reached,
+    then the postings are appended in large batches.
+    """
     if want <= have:
         return 0
-    with fpx.bulk_load(conn) as index:  # how a bulk import is done
-        return index.bulk_add(filler(FILLER_FIRST_ID + have, want - have))
+    with engine.connect() as conn:
+        current = fpx.SqlIndex(conn).layout().postings
+    fpx.repack_index(engine, expected_postings=current + int((want - have) * rows_per_track))
+    with engine.begin() as conn, fpx.bulk_load(conn) as index:
+        return index.bulk_add(filler(FILLER_FIRST_ID + have, want - have),
+                              batch_postings=FILLER_BATCH)
 
 
 def _matched(conn: Connection, queries: Sequence[Fingerprint]) -> float:

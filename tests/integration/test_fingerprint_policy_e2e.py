@@ -18,15 +18,16 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 from flask import Flask
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from api import create_app
 from pipelines.fingerprint import SCORE_THRESHOLD
 from soundkit import migrate
 from soundkit.cli import main
 from soundkit.db import Database
+from soundkit.fingerprints import SqlIndex
 from soundkit.library import delete_sound
-from soundkit.models import FingerprintTrack, Upload, fingerprint_hashes
+from soundkit.models import FingerprintTrack, Upload
 from soundkit.settings import Settings, load_settings
 from soundkit.storage import open_store
 from tests.conftest import SECRET, World, build_world
@@ -117,8 +118,7 @@ def test_an_unmatched_sound_reaches_the_library_and_is_indexed(
         track = session.scalar(select(FingerprintTrack)
                                .where(FingerprintTrack.sound_id == sound_id))
         assert track is not None and track.hash_count > 100
-        rows = session.scalar(select(func.count()).select_from(fingerprint_hashes)
-                              .where(fingerprint_hashes.c.track_id == track.id))
+        rows = SqlIndex(session).posting_count(track.id)
         assert rows == track.hash_count
     code, found = stack.cli("identify", str(mp3_64k_clip(song, tmp_path / "q.mp3", 6.0, 8.0)))
     assert code == 0

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from flask import Flask
-from sqlalchemy import func, select, update
+from sqlalchemy import select, update
 
 from soundkit import jobs, library
 from soundkit.db import Database
@@ -338,7 +338,8 @@ def test_every_process_runs_the_fingerprint_hook_without_importing_it_first() ->
 
 def test_deleting_in_the_library_removes_the_fingerprint_rows(
         people: People, settings: Settings, track: Path, db: Database) -> None:
-    from soundkit.models import FingerprintTrack, fingerprint_hashes
+    from soundkit.fingerprints import SqlIndex
+    from soundkit.models import FingerprintTrack
     from worker import fingerprinting, ingest
 
     previous = ingest._policy_factory
@@ -350,8 +351,7 @@ def test_deleting_in_the_library_removes_the_fingerprint_rows(
 
     def rows(track_id: int) -> int:
         with db.session() as session:
-            return int(session.scalar(select(func.count()).select_from(fingerprint_hashes)
-                                      .where(fingerprint_hashes.c.track_id == track_id)) or 0)
+            return SqlIndex(session).posting_count(track_id)
 
     with db.session() as session:
         sound_id = session.scalars(select(Sound.id).where(Sound.upload_id == upload_id)).one()

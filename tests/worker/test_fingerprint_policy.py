@@ -25,7 +25,6 @@ from soundkit.models import (
     FingerprintTrack,
     Upload,
     UploadStatus,
-    fingerprint_hashes,
     new_public_id,
 )
 from soundkit.settings import Settings
@@ -160,8 +159,7 @@ def indexed_rows(rt: Runtime, sound_id: str) -> int:
                                .where(FingerprintTrack.sound_id == sound_id))
         if track is None:
             return 0
-        return int(session.scalar(select(func.count()).select_from(fingerprint_hashes)
-                                  .where(fingerprint_hashes.c.track_id == track.id)) or 0)
+        return fpx.SqlIndex(session).posting_count(track.id)
 
 
 def test_a_flagged_catalog_match_gets_in_with_the_match_kept(

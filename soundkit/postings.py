@@ -1,0 +1,127 @@
+"""How the fingerprint index packs its rows into database blocks.
+
+A row of the index is a *posting* ``(hash, track_id, t)``. Stored one per database
+row, each posting costs far more in row headers and index entries than its twelve
+bytes of data (about 76 bytes on PostgreSQL). So postings are packed: all the
+postings whose hash falls in one *bucket* of ``2**shift`` consecutive hash values
+share a row, ``(key, postings)``, where ``postings`` is the bucket's records
+end to end (12 bytes each, big-endian, in no particular order) and ``key`` says
+which bucket of which layout it is (:func:`block_key`).
+
+The shift adapts to the index's size: :func:`shift_for` picks the one that puts
+between ``TARGET_PER_BUCKET / 2`` and ``TARGET_PER_BUCKET`` postings in an average
+bucket. Few enough that a lookup reads little besides the postings it asked for;
+enough that the row overhead is shared. As the index grows the layout is rebuilt
+with a smaller shift (each bucket splits), which costs one rewrite per doubling.
+While a rebuild runs, two layouts coexist, told apart by the shift in the key.
+
+Everything here is numpy on bytes; the database side is in
+:mod:`soundkit.fingerprints`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import numpy.typing as npt
+
+from pipelines.fingerprint.landmarks import HASH_LIMIT
+
+U32 = npt.NDArray[np.uint32]
+I32 = npt.NDArray[np.int32]
+I64 = npt.NDArray[np.int64]
+
+#: One posting on disk; big-endian so that PostgreSQL's ``int4send`` can write it too.
+RECORD = np.dtype([("hash", ">u4"), ("track", ">i4"), ("t", ">i4")])
+#: Postings an average bucket holds at most before the layout is split.
+TARGET_PER_BUCKET = 16
+#: Widest bucket (an empty or tiny index): 2**20 hash values share a row.
+MAX_SHIFT = 20
+
+
+def shift_for(postings: int) -> int:
+    """The bucket width (as a shift) for an index of ``postings`` rows.
+
+    The largest shift at which an average bucket holds at most
+    ``TARGET_PER_BUCKET`` postings, so a split halves the load to at least half of it.
+    """
+    if postings <= 0:
+        return MAX_SHIFT
+    width = TARGET_PER_BUCKET * HASH_LIMIT / postings
+    return max(0, min(MAX_SHIFT, math.floor(math.log2(width)) if width >= 1 else 0))
+
+
+def refit(shift: int, postings: int) -> int | None:
+    """The shift to rebuild a layout of ``shift`` to at ``postings``, or None if it fits.
+
+    Buckets split as soon as they average more than ``TARGET_PER_BUCKET`` postings,
+    but merge only below a quarter of it, so that an index hovering around a
+    boundary is not rebuilt back and forth.
+    """
+    ideal = shift_for(postings)
+    if shift > ideal or shift < ideal - 1:
+        return ideal
+    return None
+
+
+def block_key(shift: int, bucket: npt.ArrayLike) -> I64:
+    """The row key of ``bucket`` in the layout of ``shift``: ``shift << 32 | bucket``."""
+    out: I64 = (np.int64(shift) << np.int64(32)) | np.asarray(bucket, dtype=np.int64)
+    return out
+
+
+def keys_for(hashes: npt.ArrayLike, shift: int) -> I64:
+    """The row key holding each hash in the layout of ``shift``."""
+    buckets = np.asarray(hashes, dtype=np.uint32).astype(np.int64) >> np.int64(shift)
+    return block_key(shift, buckets)
+
+
+def key_shift(key: int) -> int:
+    return int(key) >> 32
+
+
+def records(hashes: npt.ArrayLike, tracks: npt.ArrayLike, times: npt.ArrayLike) -> np.ndarray:
+    """Postings as on-disk records (parallel arrays of one length)."""
+    h = np.asarray(hashes, dtype=np.uint32)
+    out = np.empty(h.shape[0], dtype=RECORD)
+    out["hash"] = h
+    out["track"] = np.asarray(tracks, dtype=np.int32)
+    out["t"] = np.asarray(times, dtype=np.int32)
+    return out
+
+
+def decode(blob: bytes | bytearray | memoryview) -> np.ndarray:
+    """The records of one or more blocks' ``postings`` joined together."""
+    if len(blob) % RECORD.itemsize:
+        raise ValueError(f"a block of {len(blob)} bytes is not whole {RECORD.itemsize}-byte "
+                         "records: the index is damaged")
+    return np.frombuffer(blob, dtype=RECORD)
+
+
+def group(recs: np.ndarray, shift: int) -> list[tuple[int, bytes]]:
+    """``(key, postings)`` per bucket of ``shift`` touched by ``recs``, in key order.
+
+    Key order lets concurrent writers lock rows in the same order (no deadlocks).
+    """
+    if recs.shape[0] == 0:
+        return []
+    keys = keys_for(recs["hash"], shift)
+    order = np.argsort(keys, kind="stable")
+    keys = keys[order]
+    blob = recs[order].tobytes()
+    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+    ends = np.r_[starts[1:], keys.shape[0]] * RECORD.itemsize
+    size = RECORD.itemsize
+    return [(int(keys[s]), blob[s * size:e]) for s, e in zip(starts.tolist(), ends.tolist(),
+                                                              strict=True)]
+
+
+def without_track(blob: bytes, track_id: int) -> bytes | None:
+    """``blob`` minus the postings of ``track_id``; None when it is unchanged."""
+    recs = decode(blob)
+    keep = recs["track"] != track_id
+    if keep.all():
+        return None
+    kept: bytes = recs[keep].tobytes()
+    return kept

@@ -1,0 +1,67 @@
+"""The packed layout of the fingerprint index: bucket widths, keys, records."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipelines.fingerprint import HASH_LIMIT
+from soundkit import postings
+
+
+def test_buckets_narrow_as_the_index_grows_and_stay_about_target_full() -> None:
+    sizes = [0, 10, 10_000, 1_000_000, 30_000_000, 300_000_000, 3_000_000_000, 10**12]
+    shifts = [postings.shift_for(n) for n in sizes]
+    assert shifts[0] == shifts[1] == postings.MAX_SHIFT
+    assert shifts == sorted(shifts, reverse=True) and shifts[-1] == 0
+    for n in sizes[3:-1]:
+        per_bucket = n / (HASH_LIMIT / 2 ** postings.shift_for(n))
+        assert postings.TARGET_PER_BUCKET / 2 < per_bucket <= postings.TARGET_PER_BUCKET
+
+
+def test_a_layout_is_refitted_only_well_outside_its_size() -> None:
+    n = 30_000_000
+    ideal = postings.shift_for(n)
+    assert postings.refit(ideal, n) is None
+    assert postings.refit(ideal - 1, n) is None  # a little sparse: kept
+    assert postings.refit(ideal - 2, n) == ideal  # far too sparse: merged
+    assert postings.refit(ideal + 1, n) == ideal  # over target: split
+
+
+def test_records_group_into_one_block_per_bucket_and_read_back() -> None:
+    rng = np.random.default_rng(1)
+    hashes = rng.integers(0, 2**32, 5000, dtype=np.uint64).astype(np.uint32)
+    tracks = rng.integers(1, 50, 5000).astype(np.int32)
+    times = rng.integers(0, 10**6, 5000).astype(np.int32)
+    recs = postings.records(hashes, tracks, times)
+    assert recs.tobytes()[:4] == int(hashes[0]).to_bytes(4, "big")  # what int4send writes
+    blocks = postings.group(recs, 22)
+    keys = [k for k, _ in blocks]
+    assert keys == sorted(set(keys))
+    for key, blob in blocks:
+        got = postings.decode(blob)
+        assert postings.key_shift(key) == 22
+        assert set((got["hash"] >> 22).tolist()) == {key & 0xFFFF_FFFF}
+    back = postings.decode(b"".join(blob for _, blob in blocks))
+    assert sorted(map(tuple, back.tolist())) == sorted(zip(hashes.tolist(), tracks.tolist(),
+                                                          times.tolist(), strict=True))
+    assert postings.group(recs[:0], 22) == []
+
+
+def test_keys_of_two_layouts_never_collide() -> None:
+    h = np.array([0, 1, 2**20, 2**31 + 5, 2**32 - 1], dtype=np.uint32)
+    assert not set(postings.keys_for(h, 3).tolist()) & set(postings.keys_for(h, 4).tolist())
+
+
+def test_a_track_is_cut_out_of_a_block() -> None:
+    recs = postings.records([1, 2, 3], [7, 8, 7], [10, 20, 30])
+    blob = recs.tobytes()
+    assert postings.without_track(blob, 9) is None
+    kept = postings.without_track(blob, 7)
+    assert kept is not None and postings.decode(kept)["track"].tolist() == [8]
+    assert postings.without_track(postings.records([4], [7], [1]).tobytes(), 7) == b""
+
+
+def test_a_torn_block_is_an_error() -> None:
+    with pytest.raises(ValueError, match="damaged"):
+        postings.decode(b"\x00" * 25)
