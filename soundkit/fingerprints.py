@@ -261,8 +261,10 @@ class SqlIndex:
             np.concatenate([np.asarray(h, dtype=np.uint32) for _, h, _ in batch]),
             np.repeat(np.asarray([i for i, _, _ in batch], dtype=np.int32), counts),
             np.concatenate([np.asarray(t, dtype=np.int32) for _, _, t in batch]))
+        batch.clear()  # the records hold the postings now: let the arrays go
         layout = self.lock_layout(total)
-        self.append_blocks(postings.group(recs, layout.shift))
+        for part in postings.grouped(recs, layout.shift):
+            self.append_blocks(part)
         return total
 
     def append_blocks(self, blocks: Sequence[tuple[int, bytes]]) -> None:

@@ -22,6 +22,7 @@ Everything here is numpy on bytes; the database side is in
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import numpy as np
 import numpy.typing as npt
@@ -104,17 +105,39 @@ def group(recs: np.ndarray, shift: int) -> list[tuple[int, bytes]]:
 
     Key order lets concurrent writers lock rows in the same order (no deadlocks).
     """
-    if recs.shape[0] == 0:
-        return []
+    return [block for part in grouped(recs, shift) for block in part]
+
+
+def grouped(recs: np.ndarray, shift: int, *,
+            slice_postings: int = 2_000_000) -> Iterator[list[tuple[int, bytes]]]:
+    """``group`` in key-ordered slices of about ``slice_postings`` postings.
+
+    A bucket never straddles two slices, so a bulk load writes each block once
+    while holding only one slice's bytes at a time.
+    """
+    n = recs.shape[0]
+    if n == 0:
+        return
     keys = keys_for(recs["hash"], shift)
     order = np.argsort(keys, kind="stable")
     keys = keys[order]
-    blob = recs[order].tobytes()
+    start = 0
+    while start < n:
+        end = min(start + slice_postings, n)
+        if end < n:  # cut after the last posting of the bucket the slice ends in
+            end = int(np.searchsorted(keys, keys[end - 1], side="right"))
+        yield _blocks(recs[order[start:end]], keys[start:end])
+        start = end
+
+
+def _blocks(recs: np.ndarray, keys: I64) -> list[tuple[int, bytes]]:
+    """Key-sorted records cut into one ``(key, postings)`` per key."""
+    blob = recs.tobytes()
     starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
-    ends = np.r_[starts[1:], keys.shape[0]] * RECORD.itemsize
     size = RECORD.itemsize
-    return [(int(keys[s]), blob[s * size:e]) for s, e in zip(starts.tolist(), ends.tolist(),
-                                                              strict=True)]
+    ends = np.r_[starts[1:], keys.shape[0]] * size
+    return [(int(keys[s]), blob[s * size:e])
+            for s, e in zip(starts.tolist(), ends.tolist(), strict=True)]
 
 
 def without_track(blob: bytes, track_id: int) -> bytes | None:

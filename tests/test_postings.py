@@ -65,3 +65,17 @@ def test_a_track_is_cut_out_of_a_block() -> None:
 def test_a_torn_block_is_an_error() -> None:
     with pytest.raises(ValueError, match="damaged"):
         postings.decode(b"\x00" * 25)
+
+
+def test_slices_never_split_a_bucket() -> None:
+    rng = np.random.default_rng(2)
+    hashes = rng.integers(0, 2**12, 3000, dtype=np.uint32)  # many postings per bucket
+    recs = postings.records(hashes, np.arange(3000), np.zeros(3000))
+    parts = list(postings.grouped(recs, 4, slice_postings=100))
+    assert len(parts) > 10
+    keys = [k for part in parts for k, _ in part]
+    assert keys == sorted(set(keys))  # each bucket in exactly one slice, in order
+    assert [b for part in parts for b in part] == postings.group(recs, 4)
+    same = postings.records(np.zeros(500, np.uint32), np.arange(500), np.zeros(500))
+    [[(_, blob)]] = list(postings.grouped(same, 4, slice_postings=100))  # one bucket, one slice
+    assert len(blob) == 500 * postings.RECORD.itemsize
