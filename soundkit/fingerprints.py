@@ -27,7 +27,6 @@ import hashlib
 import time
 import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,6 +58,7 @@ from pipelines.fingerprint import (
     extract,
     match,
 )
+from pipelines.fingerprint.index import empty_hits, lookup_sorted
 from soundkit import postings
 from soundkit.db import Database
 from soundkit.library import on_sound_delete
@@ -116,39 +116,18 @@ def decode_hash_list(blob: bytes) -> U32:
 # --- The index ------------------------------------------------------------------------------
 
 
-def _as_signed(hashes: npt.ArrayLike) -> I32:
-    """uint32 hashes as the int32 the column stores (same bits)."""
-    out: I32 = np.ascontiguousarray(hashes, dtype=np.uint32).view(np.int32)
-    return out
-
-
-def _empty_hits() -> Hits:
-    return Hits(np.zeros(0, np.int64), np.zeros(0, np.int32), np.zeros(0, np.int32))
-
-
 def hits_for(query: U32, found_hashes: U32, found_tracks: I32, found_times: I32,
              max_postings: int = MAX_POSTINGS) -> Hits:
-    """Expand rows found for the distinct query hashes to every query position.
+    """Expand the postings found for the distinct query hashes to every query position.
 
-    ``Hits`` is per position in the query (a hash asked twice finds its rows
-    twice), and hashes with more than ``max_postings`` rows are dropped: they are
-    too common to tell tracks apart.
+    ``Hits`` is per position in the query (a hash asked twice finds its postings
+    twice), and hashes with more than ``max_postings`` postings are dropped: they
+    are too common to tell tracks apart. Blocks come back in no order, so the
+    postings are sorted by hash for the engine's own sorted-array lookup.
     """
-    q = np.asarray(query, dtype=np.uint32)
-    if q.size == 0 or found_hashes.size == 0:
-        return _empty_hits()
     order = np.argsort(found_hashes, kind="stable")
-    hashes, tracks, times = found_hashes[order], found_tracks[order], found_times[order]
-    lo = np.searchsorted(hashes, q, side="left")
-    counts = np.searchsorted(hashes, q, side="right") - lo
-    counts[counts > max_postings] = 0
-    total = int(counts.sum())
-    if total == 0:
-        return _empty_hits()
-    query_pos = np.repeat(np.arange(q.size, dtype=np.int64), counts)
-    starts = np.repeat(lo - np.cumsum(counts) + counts, counts)
-    rows = starts + np.arange(total)
-    return Hits(query_pos, tracks[rows].astype(np.int32), times[rows].astype(np.int32))
+    return lookup_sorted(found_hashes[order], found_tracks[order].astype(np.int32),
+                         found_times[order].astype(np.int32), query, max_postings)
 
 
 @dataclass(frozen=True)
@@ -307,11 +286,7 @@ class SqlIndex:
             self._conn.exec_driver_sql(_SQLITE_APPEND, list(blocks))
 
     def remove(self, track_id: int) -> None:
-        """Forget every posting of ``track_id`` (no error if it has none)."""
-        self.remove_counting(track_id)
-
-    def remove_counting(self, track_id: int) -> int:
-        """``remove``, returning how many postings went.
+        """Forget every posting of ``track_id`` (no error if it has none).
 
         A registered track's blocks are the buckets of the distinct hashes on its
         hash list (a registered track without one was never indexed: nothing to
@@ -321,7 +296,7 @@ class SqlIndex:
         row = self._conn.execute(select(FingerprintTrack.id, FingerprintTrack.hash_list)
                                  .where(FingerprintTrack.id == track_id)).first()
         if row is not None and row.hash_list is None:
-            return 0
+            return
         layout = self.lock_layout()
         if row is None:
             removed = self._remove_scanning(track_id)
@@ -332,18 +307,25 @@ class SqlIndex:
             removed = self._rewrite_without(self._blocks(keys.tolist(), lock=True), track_id)
         if removed:
             self.lock_layout(-removed)
-        return removed
 
     def _remove_scanning(self, track_id: int) -> int:
-        removed, after = 0, -1
+        return sum(self._rewrite_without(page, track_id) for page in self._all_blocks())
+
+    def _all_blocks(self) -> Iterator[list[tuple[int, bytes]]]:
+        """Every block, in key order, ``REPACK_BATCH`` at a time.
+
+        Each page is read when the previous one has been dealt with, so a caller may
+        rewrite or delete the blocks of a page before asking for the next.
+        """
+        after = -1
         while True:
             rows = self._conn.execute(
                 select(fingerprint_blocks.c.key, fingerprint_blocks.c.postings)
                 .where(fingerprint_blocks.c.key > after).order_by(fingerprint_blocks.c.key)
                 .limit(REPACK_BATCH)).all()
             if not rows:
-                return removed
-            removed += self._rewrite_without([(int(k), bytes(b)) for k, b in rows], track_id)
+                return
+            yield [(int(k), bytes(b)) for k, b in rows]
             after = int(rows[-1][0])
 
     def _rewrite_without(self, blocks: Sequence[tuple[int, bytes]], track_id: int) -> int:
@@ -407,33 +389,27 @@ class SqlIndex:
         """Every stored posting whose hash is in ``hashes`` (too-common hashes left out)."""
         query = np.asarray(hashes, dtype=np.uint32)
         if query.size == 0:
-            return _empty_hits()
+            return empty_hits()
         distinct = np.unique(query)
         keys = np.unique(np.concatenate([postings.keys_for(distinct, s)
                                          for s in self.layout().shifts]))
         blobs = (self._lookup_pg(keys) if self.is_postgresql
                  else [blob for _, blob in self._blocks(keys.tolist())])
         if not blobs:
-            return _empty_hits()
+            return empty_hits()
         recs = postings.decode(b"".join(blobs))
         return hits_for(query, recs["hash"].astype(np.uint32), recs["track"].astype(np.int32),
                         recs["t"].astype(np.int32), self.max_postings)
 
     def posting_count(self, track_id: int | None = None) -> int:
         """Postings stored (of one track, or in all), by reading every block: for tests."""
-        total, after = 0, -1
-        while True:
-            rows = self._conn.execute(
-                select(fingerprint_blocks.c.key, fingerprint_blocks.c.postings)
-                .where(fingerprint_blocks.c.key > after).order_by(fingerprint_blocks.c.key)
-                .limit(REPACK_BATCH)).all()
-            if not rows:
-                return total
-            for _, blob in rows:
-                recs = postings.decode(bytes(blob))
+        total = 0
+        for page in self._all_blocks():
+            for _, blob in page:
+                recs = postings.decode(blob)
                 total += int(recs.shape[0] if track_id is None
                              else np.count_nonzero(recs["track"] == track_id))
-            after = int(rows[-1][0])
+        return total
 
 
 # --- Registering and forgetting tracks ----------------------------------------------------------
@@ -801,44 +777,35 @@ def fill_synthetic(engine: Engine, n_tracks: int, *, rows_per_track: int = 2500,
 
     For benchmarks on a scratch database migrated to head: the filler ids start far
     above real ones and are not registered in ``fingerprint_tracks``, so ``identify``
-    ignores them while ``match`` still has to read their postings. The layout is
-    fitted to the final size first, then the filler is loaded as a bulk import is
-    (:func:`bulk_load`).
+    ignores them while ``match`` still has to read their postings.
     """
-    with engine.connect() as conn:
-        have = SqlIndex(conn).layout().postings
-    repack_index(engine, expected_postings=have + n_tracks * rows_per_track)
     tracks = synthetic_tracks(n_tracks, rows_per_track=rows_per_track, first_id=first_id,
                               seed=seed)
-    with engine.begin() as conn, bulk_load(conn) as index:
-        return index.bulk_add(tracks)
+    return bulk_import(engine, tracks, new_postings=n_tracks * rows_per_track)
 
 
-#: Postings per batch of a bulk load: each batch appends once to every block it touches.
+#: Postings per batch of a bulk import: each batch appends once to every block it touches.
 BULK_BATCH = 20_000_000
 
 
-@contextmanager
-def bulk_load(conn: Connection) -> Iterator[BulkIndex]:
-    """An index whose ``bulk_add`` appends in large batches, then ``ANALYZE``.
+def bulk_import(engine: Engine, tracks: Iterable[tuple[int, U32, I32]], *, new_postings: int,
+                batch_postings: int = BULK_BATCH) -> int:
+    """Append many tracks' postings in one transaction; returns how many were written.
 
-    Every batch rewrites each block it touches, so a load in few large batches
-    writes each block a few times instead of once per track. Fit the layout to
-    the size being reached first (``repack_index(…, expected_postings=…)``). The
-    caller commits; a ``VACUUM`` afterwards (``vacuum_index``) reclaims the old
-    versions of the blocks for later writes.
+    The layout is first fitted to the size the index is about to reach (about
+    ``new_postings`` more), so the load writes into the final layout; postings then
+    go in batches of ``batch_postings``, each rewriting every block it touches once
+    (about 28 bytes of memory a posting), then ``ANALYZE``. A ``VACUUM`` afterwards
+    (``vacuum_index``) lets later writes reuse the old versions' space.
     """
-    yield BulkIndex(conn)
-    if conn.dialect.name == "postgresql":
-        conn.exec_driver_sql(f"ANALYZE {_BLOCKS}")
-
-
-class BulkIndex(SqlIndex):
-    """``SqlIndex`` whose ``bulk_add`` batches ``BULK_BATCH`` postings at a time."""
-
-    def bulk_add(self, tracks: Iterable[tuple[int, U32, I32]], *,
-                 batch_postings: int = BULK_BATCH) -> int:
-        return super().bulk_add(tracks, batch_postings=batch_postings)
+    with engine.connect() as conn:
+        have = SqlIndex(conn).layout().postings
+    repack_index(engine, expected_postings=have + new_postings)
+    with engine.begin() as conn:
+        written = SqlIndex(conn).bulk_add(tracks, batch_postings=batch_postings)
+        if conn.dialect.name == "postgresql":
+            conn.exec_driver_sql(f"ANALYZE {_BLOCKS}")
+    return written
 
 
 def vacuum_index(engine: Engine) -> None:

@@ -275,8 +275,7 @@ def test_indexing_and_forgetting_a_track_never_scans_the_blocks(index_db: Databa
     assert row_count(index_db) == 0
 
 
-def _all_triples(db: Database, tracks: dict[int, tuple[np.ndarray, np.ndarray]],
-                 query: np.ndarray) -> list[tuple[int, int, int]]:
+def _all_triples(db: Database, query: np.ndarray) -> list[tuple[int, int, int]]:
     with db.engine.connect() as conn:
         return triples(fpx.SqlIndex(conn, max_postings=10_000).lookup(query))
 
@@ -306,7 +305,7 @@ def test_the_layout_follows_the_index_size_and_lookups_never_notice(index_db: Da
         conn.execute(sa.update(fpx.FingerprintLayout).values(shift=target,
                                                              previous_shift=before.shift))
         fpx.SqlIndex(conn).bulk_add([(6, *tracks[6])])  # written in the new layout
-    assert _all_triples(index_db, tracks, query) == expected
+    assert _all_triples(index_db, query) == expected
     assert fpx.repack_index(index_db.engine, batch=7) is True  # carries on, 7 blocks a batch
     with index_db.engine.connect() as conn:
         after = fpx.SqlIndex(conn).layout()
@@ -314,7 +313,7 @@ def test_the_layout_follows_the_index_size_and_lookups_never_notice(index_db: Da
             sa.select(fpx.fingerprint_blocks.c.key)).scalars()}
     assert (after.shift, after.previous_shift, after.postings) == (target, None, 6 * 3000)
     assert shifts == {target}
-    assert _all_triples(index_db, tracks, query) == expected
+    assert _all_triples(index_db, query) == expected
     assert fpx.repack_index(index_db.engine) is False  # fits: nothing to do
     assert row_count(index_db) == 6 * 3000
     # Forget most of it: the buckets widen again.
@@ -327,7 +326,7 @@ def test_the_layout_follows_the_index_size_and_lookups_never_notice(index_db: Da
     memory = InMemoryIndex(max_postings=10_000)
     memory.add_arrays(6, *tracks[6])
     probe = tracks[6][0][:500]
-    assert _all_triples(index_db, tracks, probe) == triples(memory.lookup(probe))
+    assert _all_triples(index_db, probe) == triples(memory.lookup(probe))
 
 
 def test_a_damaged_block_is_reported_not_misread(index_db: Database) -> None:

@@ -130,19 +130,12 @@ FILLER_BATCH = 400_000_000
 
 def _grow(engine: sa.Engine, filler: Filler, have: int, want: int,
           rows_per_track: float) -> int:
-    """Bulk-load filler tracks up to ``want``; returns the rows written.
-
-    As a bulk import is done: the layout is fitted to the size being reached,
-    then the postings are appended in large batches.
-    """
+    """Bulk-load filler tracks up to ``want`` as a large import is; returns the rows written."""
     if want <= have:
         return 0
-    with engine.connect() as conn:
-        current = fpx.SqlIndex(conn).layout().postings
-    fpx.repack_index(engine, expected_postings=current + int((want - have) * rows_per_track))
-    with engine.begin() as conn, fpx.bulk_load(conn) as index:
-        return index.bulk_add(filler(FILLER_FIRST_ID + have, want - have),
-                              batch_postings=FILLER_BATCH)
+    return fpx.bulk_import(engine, filler(FILLER_FIRST_ID + have, want - have),
+                           new_postings=int((want - have) * rows_per_track),
+                           batch_postings=FILLER_BATCH)
 
 
 def _matched(conn: Connection, queries: Sequence[Fingerprint]) -> float:
