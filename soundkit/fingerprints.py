@@ -116,18 +116,24 @@ def decode_hash_list(blob: bytes) -> U32:
 # --- The index ------------------------------------------------------------------------------
 
 
-def hits_for(query: U32, found_hashes: U32, found_tracks: I32, found_times: I32,
-             max_postings: int = MAX_POSTINGS) -> Hits:
-    """Expand the postings found for the distinct query hashes to every query position.
+def hits_for(query: U32, recs: np.ndarray, max_postings: int = MAX_POSTINGS) -> Hits:
+    """The engine's ``Hits`` for ``query`` from the records of the blocks it read.
 
-    ``Hits`` is per position in the query (a hash asked twice finds its postings
-    twice), and hashes with more than ``max_postings`` postings are dropped: they
-    are too common to tell tracks apart. Blocks come back in no order, so the
-    postings are sorted by hash for the engine's own sorted-array lookup.
+    A block holds the postings of its whole bucket, most of them for hashes the
+    query did not ask for: those are dropped first (one binary search of each
+    record's hash among the query's distinct hashes), so only the few left are
+    sorted. ``Hits`` is per position in the query (a hash asked twice finds its
+    postings twice), and hashes with more than ``max_postings`` postings are
+    dropped: they are too common to tell tracks apart.
     """
-    order = np.argsort(found_hashes, kind="stable")
-    return lookup_sorted(found_hashes[order], found_tracks[order].astype(np.int32),
-                         found_times[order].astype(np.int32), query, max_postings)
+    found = recs["hash"].astype(np.uint32)
+    distinct = np.unique(query)
+    at = np.searchsorted(distinct, found)
+    at[at == distinct.size] = 0
+    asked = np.flatnonzero(distinct[at] == found)
+    order = asked[np.argsort(found[asked], kind="stable")]
+    return lookup_sorted(found[order], recs["track"][order].astype(np.int32),
+                         recs["t"][order].astype(np.int32), query, max_postings)
 
 
 @dataclass(frozen=True)
@@ -372,18 +378,20 @@ class SqlIndex:
                     tuple(part)).all()
         return [(int(k), bytes(b)) for k, b in rows]
 
-    def _lookup_pg(self, keys: npt.NDArray[np.int64]) -> list[bytes]:
-        """The blocks of ``keys``, the way a lookup needs it to be fast.
+    def _lookup_pg(self, keys: npt.NDArray[np.int64]) -> bytes:
+        """The postings of the blocks of ``keys`` end to end, the way a lookup needs it fast.
 
-        The keys go as one binary ``bigint[]`` laid out by numpy and the blocks come
-        back as binary results (bytea as its bytes, not hex to decode).
+        The keys go as one binary ``bigint[]`` laid out by numpy; the server joins
+        the blocks into one binary value (thousands of rows would each cost a
+        Python object on the way back).
         """
         raw: Any = self._conn.connection.driver_connection
         with raw.cursor(binary=True) as cursor:
             cursor.adapters.register_dumper(_KeyArray, _KeyArrayDumper)
-            cursor.execute(f"SELECT postings FROM {_BLOCKS} WHERE key = ANY(%(keys)b)",  # noqa: S608
-                           {"keys": _KeyArray(keys)})
-            return [row[0] for row in cursor.fetchall()]
+            cursor.execute(f"SELECT string_agg(postings, ''::bytea) FROM {_BLOCKS} "  # noqa: S608
+                           "WHERE key = ANY(%(keys)b)", {"keys": _KeyArray(keys)})
+            row = cursor.fetchone()
+            return bytes(row[0]) if row is not None and row[0] is not None else b""
 
     def lookup(self, hashes: U32) -> Hits:
         """Every stored posting whose hash is in ``hashes`` (too-common hashes left out)."""
@@ -393,13 +401,11 @@ class SqlIndex:
         distinct = np.unique(query)
         keys = np.unique(np.concatenate([postings.keys_for(distinct, s)
                                          for s in self.layout().shifts]))
-        blobs = (self._lookup_pg(keys) if self.is_postgresql
-                 else [blob for _, blob in self._blocks(keys.tolist())])
-        if not blobs:
+        blob = (self._lookup_pg(keys) if self.is_postgresql
+                else b"".join(blob for _, blob in self._blocks(keys.tolist())))
+        if not blob:
             return empty_hits()
-        recs = postings.decode(b"".join(blobs))
-        return hits_for(query, recs["hash"].astype(np.uint32), recs["track"].astype(np.int32),
-                        recs["t"].astype(np.int32), self.max_postings)
+        return hits_for(query, postings.decode(blob), self.max_postings)
 
     def posting_count(self, track_id: int | None = None) -> int:
         """Postings stored (of one track, or in all), by reading every block: for tests."""

@@ -3,10 +3,19 @@
 A row of the index is a *posting* ``(hash, track_id, t)``. Stored one per database
 row, each posting costs far more in row headers and index entries than its twelve
 bytes of data (about 76 bytes on PostgreSQL). So postings are packed: all the
-postings whose hash falls in one *bucket* of ``2**shift`` consecutive hash values
-share a row, ``(key, postings)``, where ``postings`` is the bucket's records
-end to end (12 bytes each, big-endian, in no particular order) and ``key`` says
-which bucket of which layout it is (:func:`block_key`).
+postings whose hash falls in one *bucket* share a row, ``(key, postings)``, where
+``postings`` is the bucket's records end to end (12 bytes each, big-endian, in no
+particular order) and ``key`` says which bucket of which layout it is
+(:func:`block_key`).
+
+A bucket is not a run of consecutive hashes. Hashes are fields (pitches,
+intervals) packed side by side, and music crowds some regions of that space: a
+query's hashes lie mostly in those regions, so runs of consecutive hashes around
+them hold several times the average, all of it read and thrown away. The hash is
+first scrambled by an odd multiplier modulo ``2**KEY_BITS`` (:func:`buckets_for`, a
+bijection), then cut into ``2**shift`` wide buckets, which spreads the crowded
+regions evenly; a bucket then holds its own hash's postings and about the
+average of others'.
 
 The shift adapts to the index's size: :func:`shift_for` picks the one that puts
 between ``TARGET_PER_BUCKET / 2`` and ``TARGET_PER_BUCKET`` postings in an average
@@ -39,6 +48,13 @@ RECORD = np.dtype([("hash", ">u4"), ("track", ">i4"), ("t", ">i4")])
 TARGET_PER_BUCKET = 16
 #: Widest bucket (an empty or tiny index): 2**20 hash values share a row.
 MAX_SHIFT = 20
+#: Bits of the scrambled hash that buckets are cut from: every hash is below 2**KEY_BITS.
+KEY_BITS = 28
+#: Odd, so that multiplying by it modulo 2**KEY_BITS is a bijection (Knuth's
+#: multiplicative hashing: the high bits of the product depend on every bit of the hash).
+MIX = 0x9E3779B
+_KEY_MASK = (1 << KEY_BITS) - 1
+assert HASH_LIMIT <= 1 << KEY_BITS
 
 
 def shift_for(postings: int) -> int:
@@ -49,7 +65,7 @@ def shift_for(postings: int) -> int:
     """
     if postings <= 0:
         return MAX_SHIFT
-    width = TARGET_PER_BUCKET * HASH_LIMIT / postings
+    width = TARGET_PER_BUCKET * (1 << KEY_BITS) / postings
     return max(0, min(MAX_SHIFT, math.floor(math.log2(width)) if width >= 1 else 0))
 
 
@@ -72,10 +88,16 @@ def block_key(shift: int, bucket: npt.ArrayLike) -> I64:
     return out
 
 
+def buckets_for(hashes: npt.ArrayLike, shift: int) -> I64:
+    """The bucket of each hash in the layout of ``shift``: its scrambled value's top bits."""
+    h = np.asarray(hashes, dtype=np.uint32).astype(np.int64)
+    out: I64 = ((h * np.int64(MIX)) & np.int64(_KEY_MASK)) >> np.int64(shift)
+    return out
+
+
 def keys_for(hashes: npt.ArrayLike, shift: int) -> I64:
     """The row key holding each hash in the layout of ``shift``."""
-    buckets = np.asarray(hashes, dtype=np.uint32).astype(np.int64) >> np.int64(shift)
-    return block_key(shift, buckets)
+    return block_key(shift, buckets_for(hashes, shift))
 
 
 def key_shift(key: int) -> int:

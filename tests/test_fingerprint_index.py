@@ -332,14 +332,15 @@ def test_the_layout_follows_the_index_size_and_lookups_never_notice(index_db: Da
 def test_a_damaged_block_is_reported_not_misread(index_db: Database) -> None:
     with index_db.engine.begin() as conn:
         conn.execute(sa.insert(fpx.fingerprint_blocks).values(
-            key=int(postings.block_key(postings.MAX_SHIFT, 0)), postings=b"\x00" * 13))
+            key=int(postings.keys_for([5], postings.MAX_SHIFT)[0]), postings=b"\x00" * 13))
     with index_db.engine.connect() as conn, pytest.raises(ValueError, match="damaged"):
         fpx.SqlIndex(conn).lookup(np.array([5], dtype=U32))
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_rows_of_the_earlier_layout_are_carried_over(backend: str, tmp_path: Path) -> None:
-    """``upgrade`` from one row per posting packs them; ``downgrade`` unpacks them."""
+    """``upgrade`` from one row per posting packs them under scrambled bucket keys;
+    ``downgrade`` goes back through plain bucket keys to one row per posting."""
     if backend == "sqlite":
         _carry_over(f"sqlite:///{tmp_path / 'old.db'}")
         return
@@ -370,6 +371,14 @@ def _carry_over(url: str) -> None:
             index = fpx.SqlIndex(conn, max_postings=10_000)
             assert index.layout().postings == 2000
             assert triples(index.lookup(hashes[::3])) == triples(memory.lookup(hashes[::3]))
+        migrate.downgrade(url, "0005")  # buckets of consecutive hashes again
+        with engine.connect() as conn:
+            shift = conn.execute(sa.text("SELECT shift FROM fingerprint_layout")).scalar_one()
+            blocks = conn.execute(sa.text("SELECT key, postings FROM fingerprint_blocks")).all()
+        assert sum(len(blob) for _, blob in blocks) == 2000 * postings.RECORD.itemsize
+        for key, blob in blocks:
+            plain = {(shift << 32) | (h >> shift) for h in postings.decode(blob)["hash"].tolist()}
+            assert plain == {key}
         migrate.downgrade(url, "0004")
         with engine.connect() as conn:
             back = conn.execute(sa.text("SELECT hash, track_id, t FROM fingerprint_hashes")).all()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipelines.fingerprint import HASH_LIMIT
 from soundkit import postings
 
 
@@ -15,7 +14,7 @@ def test_buckets_narrow_as_the_index_grows_and_stay_about_target_full() -> None:
     assert shifts[0] == shifts[1] == postings.MAX_SHIFT
     assert shifts == sorted(shifts, reverse=True) and shifts[-1] == 0
     for n in sizes[3:-1]:
-        per_bucket = n / (HASH_LIMIT / 2 ** postings.shift_for(n))
+        per_bucket = n / (2**postings.KEY_BITS / 2 ** postings.shift_for(n))
         assert postings.TARGET_PER_BUCKET / 2 < per_bucket <= postings.TARGET_PER_BUCKET
 
 
@@ -41,11 +40,25 @@ def test_records_group_into_one_block_per_bucket_and_read_back() -> None:
     for key, blob in blocks:
         got = postings.decode(blob)
         assert postings.key_shift(key) == 22
-        assert set((got["hash"] >> 22).tolist()) == {key & 0xFFFF_FFFF}
+        assert set(postings.buckets_for(got["hash"], 22).tolist()) == {key & 0xFFFF_FFFF}
     back = postings.decode(b"".join(blob for _, blob in blocks))
     assert sorted(map(tuple, back.tolist())) == sorted(zip(hashes.tolist(), tracks.tolist(),
                                                           times.tolist(), strict=True))
     assert postings.group(recs[:0], 22) == []
+
+
+def test_a_crowded_run_of_hashes_is_spread_evenly_over_the_buckets() -> None:
+    """Music crowds some regions of the hash space; a bucket must not hold a whole region."""
+    crowded = np.arange(2**16, dtype=np.uint32) + 5 * 2**16  # consecutive hash values
+    shift = postings.KEY_BITS - 12  # 4096 buckets: 16 of these hashes each on average
+    per_bucket = np.bincount(postings.buckets_for(crowded, shift), minlength=4096)
+    assert per_bucket.size == 4096
+    assert per_bucket.max() <= 2 * 16 and np.count_nonzero(per_bucket) == 4096
+    assert np.unique(crowded >> shift).size == 1  # cut unscrambled, all in one bucket
+    sample = np.random.default_rng(3).integers(0, 2**postings.KEY_BITS, 100_000).astype(np.uint32)
+    scrambled = postings.buckets_for(sample, 0)
+    assert np.unique(scrambled).size == np.unique(sample).size  # a bijection
+    assert scrambled.max() < 2**postings.KEY_BITS
 
 
 def test_keys_of_two_layouts_never_collide() -> None:
