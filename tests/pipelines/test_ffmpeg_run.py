@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -54,6 +56,24 @@ def test_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
     assert "still going" in caught.value.detail
     grandchild = int(pidfile.read_text())
     assert _wait_gone(grandchild), f"grandchild {grandchild} survived the timeout"
+
+
+def test_the_exit_is_seen_when_it_happens_not_polled(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``Popen.wait(timeout)`` sleeps up to 50 ms between looks; every tool run paid it."""
+    def no_polling(seconds: float) -> None:
+        raise AssertionError(f"polled the child (slept {seconds} s)")
+
+    monkeypatch.setattr(subprocess.time, "sleep", no_polling)
+    run = run_tool(["sh", "-c", "sleep 0.2; exit 4"], timeout_s=30, memory_limit_bytes=None)
+    assert run.returncode == 4
+
+
+def test_without_pidfds_the_polling_wait_still_works(monkeypatch: pytest.MonkeyPatch,
+                                                     tmp_path: Path) -> None:
+    monkeypatch.delattr(os, "pidfd_open")
+    assert run_tool(["sh", "-c", "exit 5"], timeout_s=30, memory_limit_bytes=None).returncode == 5
+    with pytest.raises(MediaTimeout):
+        run_tool(["sleep", "30"], timeout_s=0.5, memory_limit_bytes=None)
 
 
 def test_memory_limit_is_applied_to_the_child() -> None:
