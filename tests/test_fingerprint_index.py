@@ -399,3 +399,36 @@ def test_beat_keeps_the_layout_fitted(index_db: Database, tmp_path: Path) -> Non
     assert entry["schedule"] > 0
     assert config["task_routes"][TASK_REPACK_INDEX] == {"queue": MAINTENANCE_QUEUE}
     assert repack_fingerprint_index.name == TASK_REPACK_INDEX
+
+
+def test_the_sqlite_regroup_writes_each_block_once_in_bounded_passes(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Migration 0006 on SQLite: many passes when the records outgrow PASS_BYTES."""
+    import importlib.util
+
+    path = (Path(migrate.__file__).parent / "migrations" / "versions"
+            / "0006_scrambled_bucket_keys.py")
+    spec = importlib.util.spec_from_file_location("rekey_0006", path)
+    assert spec is not None and spec.loader is not None
+    rekey = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rekey)
+    monkeypatch.setattr(rekey, "PASS_BYTES", 5000)  # 2000 records of 12 bytes: 5 passes
+    monkeypatch.setattr(rekey, "PAGE", 7)
+    rng = np.random.default_rng(8)
+    recs = postings.records(rng.integers(0, 2**28, 2000), rng.integers(1, 30, 2000),
+                            rng.integers(0, 9000, 2000))
+    engine = sa.create_engine("sqlite://")
+    with engine.begin() as conn:
+        for name in ("fingerprint_blocks_old", "fingerprint_blocks"):
+            conn.exec_driver_sql(f"CREATE TABLE {name} (key INTEGER PRIMARY KEY, postings BLOB)")
+        old = [(int(k), blob) for k, blob in postings.group(recs, 12)]  # any old grouping
+        conn.exec_driver_sql("INSERT INTO fingerprint_blocks_old VALUES (?, ?)", old)
+        rekey._regroup_in_passes(conn, 12, rekey._scrambled)
+        blocks = conn.exec_driver_sql("SELECT key, postings FROM fingerprint_blocks").all()
+    engine.dispose()
+    assert sorted((int(k), bytes(b)) for k, b in blocks) != [] and len(blocks) == len(
+        {k for k, _ in blocks})
+    for key, blob in blocks:
+        assert set(postings.keys_for(postings.decode(blob)["hash"], 12).tolist()) == {key}
+    back = postings.decode(b"".join(bytes(b) for _, b in blocks))
+    assert sorted(map(tuple, back.tolist())) == sorted(map(tuple, recs.tolist()))
