@@ -116,18 +116,18 @@ def decode_hash_list(blob: bytes) -> U32:
 # --- The index ------------------------------------------------------------------------------
 
 
-def hits_for(query: U32, recs: np.ndarray, max_postings: int = MAX_POSTINGS) -> Hits:
+def hits_for(query: U32, distinct: U32, recs: np.ndarray,
+             max_postings: int = MAX_POSTINGS) -> Hits:
     """The engine's ``Hits`` for ``query`` from the records of the blocks it read.
 
     A block holds the postings of its whole bucket, most of them for hashes the
     query did not ask for: those are dropped first (one binary search of each
-    record's hash among the query's distinct hashes), so only the few left are
-    sorted. ``Hits`` is per position in the query (a hash asked twice finds its
+    record's hash among ``distinct``, the query's sorted distinct hashes), so only
+    the few left are sorted. ``Hits`` is per position in the query (a hash asked twice finds its
     postings twice), and hashes with more than ``max_postings`` postings are
     dropped: they are too common to tell tracks apart.
     """
     found = recs["hash"].astype(np.uint32)
-    distinct = np.unique(query)
     at = np.searchsorted(distinct, found)
     at[at == distinct.size] = 0
     asked = np.flatnonzero(distinct[at] == found)
@@ -405,7 +405,7 @@ class SqlIndex:
                 else b"".join(blob for _, blob in self._blocks(keys.tolist())))
         if not blob:
             return empty_hits()
-        return hits_for(query, postings.decode(blob), self.max_postings)
+        return hits_for(query, distinct, postings.decode(blob), self.max_postings)
 
     def posting_count(self, track_id: int | None = None) -> int:
         """Postings stored (of one track, or in all), by reading every block: for tests."""

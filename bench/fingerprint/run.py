@@ -277,6 +277,10 @@ def _speed_vs_fpcalc(tracks: list[Path]) -> dict[str, float]:
         audio_s += seconds
     tool = {jobs: _catalog_add_speed(tracks, jobs) for jobs in (1, 2)}
     return {
+        "fpcalc_s": fp_s,
+        "ffmpeg_decode_s": _ffmpeg_decode_only_s(tracks),
+        **{f"{tool_name}_start_ms": _start_ms(tool_name) for tool_name in ("ffmpeg", "ffprobe",
+                                                                          "fpcalc")},
         "tool1_ratio": fp_s / tool[1][0],
         "tool2_ratio": fp_s / tool[2][0],
         "tool_cpu_ratio": fp_cpu / max(tool[2][1], 1e-9),
@@ -290,6 +294,23 @@ def _speed_vs_fpcalc(tracks: list[Path]) -> dict[str, float]:
         "engine_x": audio_s / engine_s,
         "engine_ratio": fp_s / engine_s,
     }
+
+
+def _ffmpeg_decode_only_s(tracks: list[Path]) -> float:
+    """Wall seconds for the ``ffmpeg`` command to decode every track, nothing else."""
+    started = time.perf_counter()
+    for path in tracks:
+        subprocess.run(["ffmpeg", "-v", "error", "-nostdin", "-threads", "1", "-i", str(path),
+                        "-vn", "-f", "null", "-"], capture_output=True, check=True)
+    return time.perf_counter() - started
+
+
+def _start_ms(tool: str, runs: int = 10) -> float:
+    """Mean wall milliseconds of ``tool -version``: what one start of the tool costs."""
+    started = time.perf_counter()
+    for _ in range(runs):
+        subprocess.run([tool, "-version"], capture_output=True, check=False)
+    return (time.perf_counter() - started) / runs * 1e3
 
 
 def _catalog_add_speed(tracks: list[Path], jobs: int) -> tuple[float, float]:
@@ -697,6 +718,10 @@ def main(argv: list[str] | None = None) -> int:
           f"file at a time: ratio {speed['tool1_ratio']:.2f} one file at a time, "
           f"{speed['tool2_ratio']:.2f} two at a time (--jobs 2, the default) wall clock; "
           f"CPU time ratio {speed['tool_cpu_ratio']:.2f}")
+    print(f"where the standalone time goes: ffmpeg decoding alone (no resampling) "
+          f"{speed['ffmpeg_decode_s']:.1f} s against fpcalc's whole run "
+          f"{speed['fpcalc_s']:.1f} s; one start of ffmpeg {speed['ffmpeg_start_ms']:.0f} ms, "
+          f"ffprobe {speed['ffprobe_start_ms']:.0f} ms, fpcalc {speed['fpcalc_start_ms']:.0f} ms")
     print(f"extraction from the analysis PCM (no second decode, as ingest runs it): "
           f"{speed['engine_x']:.0f}x real time -> ratio {speed['engine_ratio']:.1f} vs fpcalc")
     print(f"query extraction, 10 s clip: p50 {np.percentile(ext_ms, 50):.1f} ms, "

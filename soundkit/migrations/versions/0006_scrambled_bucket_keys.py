@@ -101,7 +101,7 @@ def _rekey(scheme: str) -> None:
 
 
 def _regroup_in_sql(bind: sa.Connection, shift: int, scheme: str) -> None:
-    """PostgreSQL: one set-based pass (about a minute for 31 M postings)."""
+    """PostgreSQL: one set-based pass over the records (``INSERT … SELECT … GROUP BY``)."""
     bind.exec_driver_sql(
         'INSERT INTO fingerprint_blocks (key, postings) '  # noqa: S608 - fixed expressions
         f'SELECT (%(shift)s::bigint << 32) | ({_SQL_BUCKET[scheme]}), string_agg(r, \'\'::bytea) '
